@@ -1,0 +1,127 @@
+//! The contract every hypervisor backend fulfils.
+//!
+//! A backend is two small pieces: `prepare` turns a spec into a launch plan
+//! (argv, socket paths; no side effects), and `connect` opens the control
+//! channel of a started process. Spawning, exit watching, the console and
+//! the shutdown ladder are the same for every hypervisor and live in the
+//! actors, so a backend cannot get them subtly different.
+
+use async_trait::async_trait;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::spec::{Accel, BackendKind, VmSpec};
+
+/// Where one VM's runtime files live: `<run-dir>/<name>/...`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub serial_socket: PathBuf,
+    /// Written by the hypervisor itself, so it has no gap while the
+    /// supervisor is down; the Console actor tails it.
+    pub console_log: PathBuf,
+    /// The hypervisor's stdout and stderr; quoted in start errors.
+    pub stderr_log: PathBuf,
+}
+
+/// `sun_path` is 108 bytes including the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl RunPaths {
+    pub fn new(run_dir: &Path, name: &str) -> Self {
+        let dir = run_dir.join(name);
+        RunPaths {
+            control_socket: dir.join("control.sock"),
+            serial_socket: dir.join("serial.sock"),
+            console_log: dir.join("console.log"),
+            stderr_log: dir.join("hypervisor.log"),
+            dir,
+        }
+    }
+}
+
+/// Everything needed to start the hypervisor, decided before it starts.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub paths: RunPaths,
+    pub accel: Accel,
+    /// How to reach the guest from the host, e.g. "127.0.0.1:8022->22/tcp".
+    pub guest_address: Vec<String>,
+    /// Recognises our process in /proc/PID/cmdline (e.g. `paddock-web`).
+    pub marker: String,
+}
+
+/// What the guest is doing, as the hypervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestStatus {
+    Running,
+    Paused,
+    Shutdown,
+    Other,
+}
+
+/// Asynchronous news from the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// The VM shut down; `guest` is true when the guest asked for it.
+    Shutdown { guest: bool },
+    Powerdown,
+    Stop,
+    Resume,
+    Reset,
+    GuestPanicked,
+    /// The control connection ended (normally because the process exited).
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot connect to control socket {path:?}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} got no answer within {timeout_ms} ms")]
+    Timeout { what: String, timeout_ms: u64 },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("command {command} failed: {class}: {desc}")]
+    Command { command: String, class: String, desc: String },
+    #[error("control connection closed")]
+    Closed,
+    #[error("control socket i/o")]
+    Io(#[from] std::io::Error),
+}
+
+/// An open control connection. Every call has a deadline.
+#[async_trait]
+pub trait ControlChannel: Send {
+    async fn status(&mut self) -> Result<GuestStatus, ControlError>;
+    /// The ACPI power button.
+    async fn power_button(&mut self) -> Result<(), ControlError>;
+    /// Ask the hypervisor to exit now.
+    async fn quit(&mut self) -> Result<(), ControlError>;
+    async fn pause(&mut self) -> Result<(), ControlError>;
+    async fn resume(&mut self) -> Result<(), ControlError>;
+    /// The event stream; taken once by the Control actor.
+    fn take_events(&mut self) -> Option<mpsc::Receiver<ControlEvent>>;
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+    /// Check the host and the files the spec names; build the launch plan.
+    /// Reads files, creates nothing.
+    fn prepare(&self, spec: &VmSpec, paths: &RunPaths) -> Result<LaunchPlan, Error>;
+    /// Connect to the control socket of a process started from `plan`,
+    /// waiting for the socket to appear; gives up at the deadline.
+    async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError>;
+}

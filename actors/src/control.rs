@@ -1,0 +1,107 @@
+//! The Control actor: owns the hypervisor's control connection (QMP or the
+//! CH API), forwards its events to the VM actor, and runs commands, each
+//! under the backend's deadline.
+//!
+//! Connecting happens in a task so the VM actor is never blocked by a
+//! socket that accepts and stays silent; the outcome arrives as a message.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+
+use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan};
+use crate::vm::VmMessage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    PowerButton,
+    Quit,
+    Pause,
+    Resume,
+    Status,
+}
+
+pub enum ControlMessage {
+    Connected(Result<Box<dyn ControlChannel>, ControlError>),
+    /// Valid once the VM actor has received `ControlUp`.
+    Command(ControlCommand, RpcReplyPort<Result<Option<GuestStatus>, String>>),
+}
+
+pub struct ControlActor;
+
+pub struct ControlArgs {
+    pub vm: ActorRef<VmMessage>,
+    pub backend: Arc<dyn Backend>,
+    pub plan: LaunchPlan,
+}
+
+pub struct ControlState {
+    vm: ActorRef<VmMessage>,
+    channel: Option<Box<dyn ControlChannel>>,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for ControlActor {
+    type Msg = ControlMessage;
+    type State = ControlState;
+    type Arguments = ControlArgs;
+
+    async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ControlArgs) -> Result<ControlState, ActorProcessingErr> {
+        let ControlArgs { vm, backend, plan } = args;
+        tokio::spawn(async move {
+            let r = backend.connect(&plan).await;
+            let _ = me.cast(ControlMessage::Connected(r));
+        });
+        Ok(ControlState { vm, channel: None, forwarder: None })
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: ControlMessage, st: &mut ControlState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ControlMessage::Connected(Err(e)) => {
+                let _ = st.vm.cast(VmMessage::ControlFailed { error: e.to_string() });
+            }
+            ControlMessage::Connected(Ok(mut ch)) => {
+                if let Some(mut events) = ch.take_events() {
+                    let vm = st.vm.clone();
+                    st.forwarder = Some(tokio::spawn(async move {
+                        while let Some(ev) = events.recv().await {
+                            if vm.cast(VmMessage::Control(ev)).is_err() {
+                                break;
+                            }
+                        }
+                    }));
+                }
+                match ch.status().await {
+                    Ok(status) => {
+                        st.channel = Some(ch);
+                        let _ = st.vm.cast(VmMessage::ControlUp { status });
+                    }
+                    Err(e) => {
+                        let _ = st.vm.cast(VmMessage::ControlFailed { error: e.to_string() });
+                    }
+                }
+            }
+            ControlMessage::Command(cmd, reply) => {
+                let r = match st.channel.as_mut() {
+                    None => Err("control channel is not connected".to_string()),
+                    Some(ch) => match cmd {
+                        ControlCommand::PowerButton => ch.power_button().await.map(|_| None),
+                        ControlCommand::Quit => ch.quit().await.map(|_| None),
+                        ControlCommand::Pause => ch.pause().await.map(|_| None),
+                        ControlCommand::Resume => ch.resume().await.map(|_| None),
+                        ControlCommand::Status => ch.status().await.map(Some),
+                    }
+                    .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut ControlState) -> Result<(), ActorProcessingErr> {
+        if let Some(f) = st.forwarder.take() {
+            f.abort();
+        }
+        Ok(())
+    }
+}

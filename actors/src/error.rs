@@ -1,0 +1,69 @@
+//! The errors of the supervision layer. The daemon maps each variant to an
+//! API error kind in one place (`src/api/error.rs`).
+
+use std::fmt;
+
+/// A spec value that cannot work, with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("no VM named {name:?}")]
+    NotFound { name: String },
+    #[error("a VM named {name:?} already exists; pick another name or `paddock rm {name}` first")]
+    AlreadyExists { name: String },
+    #[error("VM {name:?}: {message}")]
+    Conflict { name: String, message: String },
+    #[error("VM {name:?} has too many requests in flight; retry shortly")]
+    Busy { name: String },
+    #[error("VM {name:?} failed to start: {reason}")]
+    StartFailed { name: String, reason: String },
+    #[error("VM {name:?}: hypervisor {backend} is not available on this host: {reason}")]
+    BackendUnavailable { name: String, backend: &'static str, reason: String },
+    #[error("VM {name:?}: control channel")]
+    Control {
+        name: String,
+        #[source]
+        source: crate::backend::ControlError,
+    },
+    #[error("state store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} did not answer within {timeout_ms} ms")]
+    Timeout { what: String, timeout_ms: u64 },
+    #[error("the supervisor is shutting down or an actor is gone: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

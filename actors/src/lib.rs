@@ -1,0 +1,39 @@
+//! paddock-actors: the supervision tree.
+//!
+//! ```text
+//! Registry                 name -> VM actor; unique names; routes requests
+//! `- VmActor "vm/<name>"   the VM's phase machine, restart policy, ladder
+//!    |- Process            spawns the hypervisor; exit watch; signals by pidfd
+//!    |- Control            QMP (or CH API) client; events; deadlines
+//!    `- Console            console.log tail -> ring buffer, followers, writer
+//! ```
+//!
+//! Owns: VM specs and their validation, hypervisor backends (QEMU now), the
+//! durable store (SQLite), the event log and the status board. Does not
+//! own: the HTTP API, the CLI or configuration files (root package).
+
+pub mod accel;
+pub mod backend;
+pub mod board;
+pub mod console;
+pub mod control;
+pub mod error;
+pub mod events;
+pub mod process;
+pub mod qemu;
+pub mod registry;
+mod ring;
+pub mod spec;
+pub mod store;
+pub mod vm;
+
+pub use backend::{Backend, RunPaths};
+pub use board::{StatusBoard, VmInfo};
+pub use console::{ConsoleAttach, ConsoleFollow};
+pub use error::{Error, Result, SpecError};
+pub use events::{Event, EventBus, EventKind};
+pub use registry::{Backends, RegistryActor, RegistryArgs, RegistryMessage};
+pub use spec::VmSpec;
+pub use store::Store;
+pub use vm::phase::{ExitInfo, Rung, VmPhase};
+pub use vm::{StopOutcome, VmMessage, WaitFor};

@@ -1,0 +1,193 @@
+//! The Process actor: owns one hypervisor process, watches it exit and
+//! delivers signals through a pidfd (no PID-reuse race).
+//!
+//! The process is started in its own session with stdin closed and output
+//! to a file, so it never depends on the supervisor: a supervisor crash or
+//! restart leaves it running (re-adoption is the Registry's job).
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::process::Stdio;
+
+use crate::backend::LaunchPlan;
+use crate::vm::phase::ExitInfo;
+use crate::vm::VmMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create {path:?}")]
+    Log {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {program:?}; is it installed? (set --qemu-binary to its path)")]
+    Exec {
+        program: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open a pidfd for pid {pid}")]
+    Pidfd {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A freshly spawned hypervisor, not yet watched.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// Spawns `plan` in a new session. The argv is a vector; no shell.
+pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&plan.paths.stderr_log)
+        .map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
+    let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
+    let mut cmd = std::process::Command::new(&plan.program);
+    cmd.args(&plan.args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the
+    // parent; a new session detaches the hypervisor from our terminal and
+    // process group, so signals aimed at the supervisor never reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| SpawnError::Exec { program: plan.program.clone(), source })?;
+    // The child is not reaped before we call wait(), so the pid cannot have
+    // been reused yet.
+    let pid = child.id().map(|p| p as i32).ok_or(SpawnError::Pidfd {
+        pid: 0,
+        source: std::io::Error::other("child exited before its pid was read"),
+    })?;
+    let pidfd = pidfd_open(pid).map_err(|source| SpawnError::Pidfd { pid, source })?;
+    Ok(Spawned { child, pid, pidfd })
+}
+
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+pub fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid fd, a signal number, no
+    // siginfo and no flags.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub enum ProcessMessage {
+    /// Send a signal (SIGTERM, SIGKILL) to the hypervisor.
+    Signal(i32),
+}
+
+pub struct ProcessActor;
+
+pub struct ProcessArgs {
+    pub vm: ActorRef<VmMessage>,
+    pub spawned: Spawned,
+}
+
+pub struct ProcessState {
+    pid: i32,
+    pidfd: OwnedFd,
+    waiter: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for ProcessActor {
+    type Msg = ProcessMessage;
+    type State = ProcessState;
+    type Arguments = ProcessArgs;
+
+    async fn pre_start(&self, _me: ActorRef<Self::Msg>, args: ProcessArgs) -> Result<ProcessState, ActorProcessingErr> {
+        let Spawned { mut child, pid, pidfd } = args.spawned;
+        let vm = args.vm;
+        let waiter = tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    ExitInfo { code: status.code(), signal: status.signal() }
+                }
+                Err(e) => {
+                    tracing::error!(pid, error = %e, "waiting for the hypervisor failed");
+                    ExitInfo { code: None, signal: None }
+                }
+            };
+            tracing::info!(pid, %exit, "hypervisor exited");
+            let _ = vm.cast(VmMessage::ProcessExited { pid, exit });
+        });
+        Ok(ProcessState { pid, pidfd, waiter })
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: ProcessMessage, st: &mut ProcessState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProcessMessage::Signal(sig) => {
+                if let Err(e) = pidfd_signal(&st.pidfd, sig) {
+                    // ESRCH: already gone; the exit notice is on its way.
+                    tracing::debug!(pid = st.pid, sig, error = %e, "signal not delivered");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut ProcessState) -> Result<(), ActorProcessingErr> {
+        // Stopping the actor must not stop the VM: only the exit watch ends.
+        st.waiter.abort();
+        Ok(())
+    }
+}
+
+/// Field 22 (starttime) of /proc/PID/stat: with the boot id it identifies a
+/// process across PID reuse.
+pub fn process_start_time(pid: i32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // comm (field 2) may contain spaces and parentheses: parse after the last ')'.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| std::io::Error::other("malformed stat"))?;
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed stat"))
+}
+
+pub fn boot_id() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_is_stable() {
+        let me = std::process::id() as i32;
+        let a = process_start_time(me).unwrap();
+        assert!(a > 0);
+        assert_eq!(a, process_start_time(me).unwrap());
+        assert_eq!(boot_id().unwrap().len(), 36);
+    }
+}

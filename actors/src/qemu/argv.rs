@@ -1,0 +1,200 @@
+//! QEMU's command line, built as a vector from fully resolved inputs.
+//!
+//! Pure: no file is opened and no socket bound here, so the argv can be
+//! golden-tested (tests/golden/qemu-*.argv) and reviewed as a diff.
+
+use paddock_images::DiskFormat;
+use paddock_net::{MacAddress, PortForward};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::backend::RunPaths;
+use crate::spec::Accel;
+
+#[derive(Debug, Clone)]
+pub enum QemuBoot {
+    Kernel { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: Option<String> },
+    Disk { disk: PathBuf, format: DiskFormat, firmware: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuDisk {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum QemuNet {
+    None,
+    User { mac: MacAddress, forwards: Vec<PortForward> },
+}
+
+/// Everything the argv depends on; `accel` is already resolved (not Auto).
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub name: String,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub boot: QemuBoot,
+    pub disks: Vec<QemuDisk>,
+    pub net: QemuNet,
+    pub paths: RunPaths,
+}
+
+/// The process name QEMU shows; also the marker that recognises our
+/// processes after a supervisor restart.
+pub fn marker(name: &str) -> String {
+    format!("paddock-{name}")
+}
+
+/// QEMU's `-drive`/`-chardev` option syntax uses ',' as separator; a comma
+/// in a value is written twice.
+fn opt_path(p: &std::path::Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |k: &str, v: String| {
+        a.push(k.to_string());
+        a.push(v);
+    };
+    push("-name", marker(&cfg.name));
+    let (machine_accel, cpu) = match cfg.accel {
+        Accel::Kvm => ("kvm", "host"),
+        // `max` gives TCG guests every feature QEMU can emulate.
+        _ => ("tcg", "max"),
+    };
+    push("-machine", format!("q35,accel={machine_accel}"));
+    push("-cpu", cpu.to_string());
+    push("-smp", cfg.vcpus.to_string());
+    push("-m", format!("{}M", cfg.memory_mib));
+    push("-display", "none".into());
+    push("-qmp", format!("unix:{},server=on,wait=off", opt_path(&cfg.paths.control_socket)));
+    // The chardev writes the log itself: the record stays whole while the
+    // supervisor is down, and the socket is only for live attach.
+    push(
+        "-chardev",
+        format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            opt_path(&cfg.paths.serial_socket),
+            opt_path(&cfg.paths.console_log)
+        ),
+    );
+    push("-serial", "chardev:serial0".into());
+    match &cfg.boot {
+        QemuBoot::Kernel { kernel, initrd, cmdline } => {
+            push("-kernel", kernel.to_string_lossy().into_owned());
+            if let Some(i) = initrd {
+                push("-initrd", i.to_string_lossy().into_owned());
+            }
+            if let Some(c) = cmdline {
+                push("-append", c.clone());
+            }
+        }
+        QemuBoot::Disk { disk, format, firmware } => {
+            // Firmware comes before the devices so the boot disk is found
+            // by bootindex, not by probe order.
+            if let Some(fw) = firmware {
+                push("-bios", fw.to_string_lossy().into_owned());
+            }
+            push("-drive", format!("file={},if=none,id=boot0,format={}", opt_path(disk), format.as_str()));
+            push("-device", "virtio-blk-pci,drive=boot0,bootindex=0".into());
+        }
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let ro = if d.readonly { ",readonly=on" } else { "" };
+        push(
+            "-drive",
+            format!("file={},if=none,id=disk{i},format={}{ro}", opt_path(&d.path), d.format.as_str()),
+        );
+        push("-device", format!("virtio-blk-pci,drive=disk{i}"));
+    }
+    push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
+    push("-device", "virtio-rng-pci,rng=rng0".into());
+    match &cfg.net {
+        QemuNet::None => {}
+        QemuNet::User { mac, forwards } => {
+            let mut netdev = "user,id=net0".to_string();
+            for f in forwards {
+                netdev.push_str(",hostfwd=");
+                netdev.push_str(&f.hostfwd());
+            }
+            push("-netdev", netdev);
+            push("-device", format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        }
+    }
+    // The guest panic device turns a guest kernel panic into a QMP event.
+    push("-device", "pvpanic".into());
+    let mut out: Vec<OsString> = vec!["-nodefaults".into(), "-no-user-config".into()];
+    out.extend(a.into_iter().map(OsString::from));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_net::Protocol;
+    use std::path::Path;
+
+    fn golden(name: &str, argv: &[OsString]) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
+        let text: String = argv.iter().map(|a| format!("{}\n", a.to_string_lossy())).collect();
+        if std::env::var_os("PADDOCK_UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path:?}: {e}; run with PADDOCK_UPDATE_GOLDEN=1 to create it"));
+        assert_eq!(text, want, "argv differs from {path:?}; if intended, refresh with PADDOCK_UPDATE_GOLDEN=1");
+    }
+
+    fn base() -> QemuConfig {
+        QemuConfig {
+            name: "web".into(),
+            accel: Accel::Tcg,
+            vcpus: 2,
+            memory_mib: 256,
+            boot: QemuBoot::Kernel {
+                kernel: "/guest/vmlinuz".into(),
+                initrd: Some("/guest/initramfs.cpio.gz".into()),
+                cmdline: Some("console=ttyS0 panic=-1".into()),
+            },
+            disks: vec![],
+            net: QemuNet::None,
+            paths: RunPaths::new(Path::new("/run/paddock"), "web"),
+        }
+    }
+
+    #[test]
+    fn kernel_boot_tcg_golden() {
+        golden("qemu-kernel-tcg.argv", &build(&base()));
+    }
+
+    #[test]
+    fn disk_boot_kvm_user_net_golden() {
+        let mut c = base();
+        c.accel = Accel::Kvm;
+        c.boot = QemuBoot::Disk { disk: "/img/root,1.qcow2".into(), format: DiskFormat::Qcow2, firmware: Some("/fw/bios.bin".into()) };
+        c.disks = vec![QemuDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true }];
+        c.net = QemuNet::User {
+            mac: MacAddress::for_vm("web"),
+            forwards: vec![
+                PortForward { host: 8022, guest: 22, protocol: Protocol::Tcp },
+                PortForward { host: 5353, guest: 53, protocol: Protocol::Udp },
+            ],
+        };
+        golden("qemu-disk-kvm-usernet.argv", &build(&c));
+    }
+
+    #[test]
+    fn values_stay_single_arguments() {
+        let mut c = base();
+        c.boot = QemuBoot::Kernel { kernel: "/k".into(), initrd: None, cmdline: Some("a b; rm -rf /".into()) };
+        let argv = build(&c);
+        let i = argv.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(argv[i + 1], "a b; rm -rf /");
+    }
+}

@@ -1,0 +1,323 @@
+//! The VM spec: what a user asks for, in TOML (files) or JSON (API).
+//!
+//! Unknown fields are rejected everywhere, and `validate` checks every value
+//! so that errors name the field and say how to fix it before anything is
+//! created on the host.
+
+use paddock_images::DiskFormat;
+use paddock_net::PortForward;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use crate::error::SpecError;
+
+/// Longest VM name: `paddock-` + name must stay a readable process name, and
+/// later the TAP name is derived from an index, never from the name.
+pub const MAX_NAME_LEN: usize = 31;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    pub boot: Boot,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub accel: Accel,
+    /// A regular expression; the VM is "ready" once a console line matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_pattern: Option<String>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> u64 {
+    512
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    #[default]
+    Qemu,
+    CloudHypervisor,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+}
+
+/// Either a direct kernel boot or a disk booted by firmware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub path: PathBuf,
+    /// Detected from the header when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<PortForward>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    User,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// Restart policy and its limits (enforced by the supervision issue's code;
+/// stored with the spec from the start so no migration is needed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_window")]
+    pub window_secs: u64,
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_cap")]
+    pub backoff_cap_ms: u64,
+    #[serde(default = "default_stable")]
+    pub stable_secs: u64,
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_window() -> u64 {
+    600
+}
+fn default_backoff_base() -> u64 {
+    1_000
+}
+fn default_backoff_cap() -> u64 {
+    300_000
+}
+fn default_stable() -> u64 {
+    300
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::Never,
+            max_restarts: default_max_restarts(),
+            window_secs: default_window(),
+            backoff_base_ms: default_backoff_base(),
+            backoff_cap_ms: default_backoff_cap(),
+            stable_secs: default_stable(),
+        }
+    }
+}
+
+/// `[a-z0-9][a-z0-9-]{0,30}`: safe in paths, process names and (with a
+/// prefix) interface names, and never `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok_first = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok_rest = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_first || !ok_rest {
+        return Err(SpecError::new(
+            "name",
+            format!(
+                "{name:?} is not a valid VM name; use 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and '-', starting with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl VmSpec {
+    /// Checks every value that does not need the host. Files are checked by
+    /// the backend's `prepare`, which knows which ones it needs.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        if self.vcpus == 0 || self.vcpus > 255 {
+            return Err(SpecError::new("vcpus", format!("must be between 1 and 255 (got {})", self.vcpus)));
+        }
+        if self.memory_mib < 16 {
+            return Err(SpecError::new(
+                "memory_mib",
+                format!("must be at least 16 (got {}); 256 is enough for a small Linux guest", self.memory_mib),
+            ));
+        }
+        if self.memory_mib > 1 << 20 {
+            return Err(SpecError::new("memory_mib", format!("{} MiB is more than 1 TiB", self.memory_mib)));
+        }
+        match (&self.boot.kernel, &self.boot.disk) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new("boot", "set boot.kernel or boot.disk, not both"));
+            }
+            (None, None) => {
+                return Err(SpecError::new(
+                    "boot",
+                    "nothing to boot: set boot.kernel (direct kernel boot) or boot.disk (firmware boot)",
+                ));
+            }
+            (None, Some(_)) if self.boot.initrd.is_some() || self.boot.cmdline.is_some() => {
+                return Err(SpecError::new("boot", "boot.initrd and boot.cmdline need boot.kernel"));
+            }
+            (Some(_), None) if self.boot.firmware.is_some() => {
+                return Err(SpecError::new("boot.firmware", "firmware is only used with boot.disk"));
+            }
+            _ => {}
+        }
+        if let Some(cmdline) = &self.boot.cmdline {
+            if cmdline.contains('\0') || cmdline.contains('\n') {
+                return Err(SpecError::new("boot.cmdline", "must be one line without NUL bytes"));
+            }
+        }
+        if self.network.mode == NetworkMode::None && !self.network.forwards.is_empty() {
+            return Err(SpecError::new(
+                "network.forwards",
+                "port forwards need a network; set network.mode = \"user\"",
+            ));
+        }
+        paddock_net::check_forwards(&self.network.forwards)
+            .map_err(|e| SpecError::new("network.forwards", e.to_string()))?;
+        if let Some(pattern) = &self.ready_pattern {
+            regex::RegexBuilder::new(pattern)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| SpecError::new("ready_pattern", format!("not a valid regular expression: {e}")))?;
+        }
+        let r = &self.restart;
+        if r.backoff_base_ms == 0 || r.backoff_cap_ms < r.backoff_base_ms {
+            return Err(SpecError::new(
+                "restart.backoff_cap_ms",
+                "backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        serde_json::from_str(r#"{"name":"web","boot":{"kernel":"/k"}}"#).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = spec();
+        assert_eq!((s.vcpus, s.memory_mib, s.backend, s.accel), (1, 512, BackendKind::Qemu, Accel::Auto));
+        assert_eq!(s.restart.policy, RestartPolicy::Never);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "web-1", "0abc", "a234567890123456789012345678901"] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", "-a", "A", "a_b", "a/b", "..", "a.b", "a2345678901234567890123456789012", "é"] {
+            let e = validate_name(bad).unwrap_err();
+            assert_eq!(e.field, "name", "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = serde_json::from_str::<VmSpec>(r#"{"name":"a","boot":{"kernel":"/k"},"colour":1}"#).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = serde_json::from_str::<VmSpec>(r#"{"name":"a","boot":{"kernal":"/k"}}"#).unwrap_err();
+        assert!(err.to_string().contains("kernal"), "{err}");
+    }
+
+    #[test]
+    fn memory_zero_names_the_field() {
+        let mut s = spec();
+        s.memory_mib = 0;
+        assert_eq!(s.validate().unwrap_err().field, "memory_mib");
+    }
+
+    #[test]
+    fn boot_needs_exactly_one_source() {
+        let mut s = spec();
+        s.boot.disk = Some("/d".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot");
+        s.boot = Boot::default();
+        assert_eq!(s.validate().unwrap_err().field, "boot");
+    }
+
+    #[test]
+    fn forwards_need_user_network() {
+        let s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","boot":{"kernel":"/k"},"network":{"forwards":[{"host":8022,"guest":22}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "network.forwards");
+    }
+
+    #[test]
+    fn bad_ready_pattern() {
+        let mut s = spec();
+        s.ready_pattern = Some("(".into());
+        assert_eq!(s.validate().unwrap_err().field, "ready_pattern");
+    }
+}

@@ -1,0 +1,360 @@
+//! Durable state: one SQLite database (WAL, synchronous=FULL) in the state
+//! directory. VMs with their spec, desired state, phase and generation;
+//! hypervisor runs; the event log.
+//!
+//! Every call runs on the blocking pool: SQLite is synchronous and an actor
+//! handler must not block a runtime thread.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::events::Event;
+use crate::spec::VmSpec;
+use crate::vm::phase::VmPhase;
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state database {path:?}; move it aside to start empty, or restore it from a backup")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path:?} is damaged ({detail}); move it aside to start empty, or restore it from a backup")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("state database {path:?} has schema version {found}, newer than this paddock ({SCHEMA_VERSION})")]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("stored value does not decode")]
+    Decode(#[from] serde_json::Error),
+    #[error("database worker thread failed")]
+    Worker,
+}
+
+/// What the database holds for one VM.
+#[derive(Debug, Clone)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    pub desired: Desired,
+    pub phase: VmPhase,
+    pub generation: u64,
+}
+
+/// What the operator last asked for, written before acting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+    Deleted,
+}
+
+impl Desired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+            Desired::Deleted => "deleted",
+        }
+    }
+    fn parse(s: &str) -> Desired {
+        match s {
+            "running" => Desired::Running,
+            "deleted" => Desired::Deleted,
+            _ => Desired::Stopped,
+        }
+    }
+}
+
+/// One hypervisor process, recorded right after it was spawned.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    pub vm: String,
+    pub pid: i32,
+    /// Field 22 of /proc/PID/stat, in clock ticks since boot.
+    pub start_time: u64,
+    pub boot_id: String,
+    pub paths: crate::backend::RunPaths,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database and checks it before anything else
+    /// runs: a damaged database stops the daemon instead of being "repaired"
+    /// into forgetting VMs.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if check != "ok" {
+            return Err(corrupt(check));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| corrupt(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| corrupt(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| corrupt(e.to_string()))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
+        }
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS vms (
+                 name TEXT PRIMARY KEY,
+                 spec TEXT NOT NULL,
+                 desired TEXT NOT NULL,
+                 phase TEXT NOT NULL,
+                 generation INTEGER NOT NULL,
+                 created_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS runs (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 vm TEXT NOT NULL,
+                 pid INTEGER NOT NULL,
+                 start_time INTEGER NOT NULL,
+                 boot_id TEXT NOT NULL,
+                 paths TEXT NOT NULL,
+                 started_ms INTEGER NOT NULL,
+                 ended_ms INTEGER,
+                 exit TEXT
+             );
+             CREATE INDEX IF NOT EXISTS runs_open ON runs (vm) WHERE ended_ms IS NULL;
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 ts_ms INTEGER NOT NULL,
+                 vm TEXT NOT NULL,
+                 body TEXT NOT NULL
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; SQLite's own
+            // transactions keep the data consistent, so carry on.
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|_| StoreError::Worker)?
+    }
+
+    pub async fn insert_vm(&self, spec: &VmSpec, phase: &VmPhase) -> Result<(), StoreError> {
+        let name = spec.name.clone();
+        let spec = serde_json::to_string(spec)?;
+        let phase = serde_json::to_string(phase)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO vms (name, spec, desired, phase, generation, created_ms) VALUES (?1, ?2, 'stopped', ?3, 0, ?4)",
+                params![name, spec, phase, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_phase(&self, name: &str, phase: &VmPhase, generation: u64) -> Result<(), StoreError> {
+        let name = name.to_string();
+        let phase = serde_json::to_string(phase)?;
+        self.with(move |c| {
+            c.execute("UPDATE vms SET phase = ?2, generation = ?3 WHERE name = ?1", params![name, phase, generation as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_desired(&self, name: &str, desired: Desired) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.execute("UPDATE vms SET desired = ?2 WHERE name = ?1", params![name, desired.as_str()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes the VM and its runs in one transaction; its events stay.
+    pub async fn delete_vm(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM runs WHERE vm = ?1", params![name])?;
+            tx.execute("DELETE FROM vms WHERE name = ?1", params![name])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn load_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT spec, desired, phase, generation FROM vms ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (spec, desired, phase, generation) = row?;
+                out.push(VmRecord {
+                    spec: serde_json::from_str(&spec)?,
+                    desired: Desired::parse(&desired),
+                    phase: serde_json::from_str(&phase)?,
+                    generation: generation as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn vm_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| Ok(c.query_row("SELECT 1 FROM vms WHERE name = ?1", params![name], |_| Ok(())).optional()?.is_some()))
+            .await
+    }
+
+    /// Records a run; returns its id for `end_run`.
+    pub async fn record_run(&self, run: &RunRecord) -> Result<i64, StoreError> {
+        let run = run.clone();
+        let paths = serde_json::to_string(&run.paths)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO runs (vm, pid, start_time, boot_id, paths, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![run.vm, run.pid, run.start_time as i64, run.boot_id, paths, now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn end_run(&self, id: i64, exit: &crate::vm::phase::ExitInfo) -> Result<(), StoreError> {
+        let exit = serde_json::to_string(exit)?;
+        self.with(move |c| {
+            c.execute("UPDATE runs SET ended_ms = ?2, exit = ?3 WHERE id = ?1", params![id, now_ms(), exit])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The run that has not ended yet, if any.
+    pub async fn open_run(&self, vm: &str) -> Result<Option<(i64, RunRecord)>, StoreError> {
+        let vm = vm.to_string();
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT id, pid, start_time, boot_id, paths FROM runs WHERE vm = ?1 AND ended_ms IS NULL ORDER BY id DESC LIMIT 1",
+                    params![vm],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i32>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+                )
+                .optional()?;
+            match row {
+                None => Ok(None),
+                Some((id, pid, start_time, boot_id, paths)) => Ok(Some((
+                    id,
+                    RunRecord { vm, pid, start_time: start_time as u64, boot_id, paths: serde_json::from_str(&paths)? },
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// Appends an event and returns its sequence number.
+    pub async fn append_event(&self, ev: &Event) -> Result<u64, StoreError> {
+        let body = serde_json::to_string(ev)?;
+        let vm = ev.vm.clone();
+        let ts = ev.ts_ms;
+        self.with(move |c| {
+            c.execute("INSERT INTO events (ts_ms, vm, body) VALUES (?1, ?2, ?3)", params![ts as i64, vm, body])?;
+            Ok(c.last_insert_rowid() as u64)
+        })
+        .await
+    }
+
+    /// Events after `since`, oldest first, at most `limit`.
+    pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt.query_map(params![since as i64, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, body) = row?;
+                let mut ev: Event = serde_json::from_str(&body)?;
+                ev.seq = seq as u64;
+                out.push(ev);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> VmSpec {
+        serde_json::from_value(serde_json::json!({"name": name, "boot": {"kernel": "/k"}})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn vm_rows_round_trip_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        s.insert_vm(&spec("a"), &VmPhase::Defined).await.unwrap();
+        assert!(s.insert_vm(&spec("a"), &VmPhase::Defined).await.is_err(), "duplicate name must fail");
+        s.set_phase("a", &VmPhase::Running, 3).await.unwrap();
+        s.set_desired("a", Desired::Running).await.unwrap();
+        let rows = s.load_vms().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].phase.clone(), rows[0].generation, rows[0].desired), (VmPhase::Running, 3, Desired::Running));
+        s.delete_vm("a").await.unwrap();
+        assert!(s.load_vms().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Store::open(&path).unwrap().insert_vm(&spec("b"), &VmPhase::Defined).await.unwrap();
+        assert!(Store::open(&path).unwrap().vm_exists("b").await.unwrap());
+    }
+
+    #[test]
+    fn garbage_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. } | StoreError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("state.db"), "{err}");
+    }
+}

@@ -1,0 +1,765 @@
+//! The VM actor: turns requests and child notices into phase events,
+//! applies them through `phase::next`, and performs the effects.
+//!
+//! Nothing here blocks the mailbox for long: control commands and the
+//! ladder's waits run as tasks or timers that report back as messages, so
+//! a VM stays responsive (and stoppable) while its guest is wedged.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use regex::Regex;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::messages::{StopOutcome, VmMessage, WaitFor};
+use super::phase::{self, ExitInfo, PhaseEvent, Rung, VmPhase};
+use crate::backend::{Backend, ControlEvent, GuestStatus, LaunchPlan, RunPaths};
+use crate::board::{StatusBoard, VmInfo};
+use crate::console::{ConsoleActor, ConsoleArgs, ConsoleFollow, ConsoleMessage, RING_BYTES};
+use crate::control::{ControlActor, ControlArgs, ControlCommand, ControlMessage};
+use crate::error::{Error, Result};
+use crate::events::{EventBus, EventKind};
+use crate::process::{self, ProcessActor, ProcessArgs, ProcessMessage};
+use crate::registry::RegistryMessage;
+use crate::spec::{Accel, VmSpec};
+use crate::store::{Desired, RunRecord, Store};
+
+/// How long the Quit, SIGTERM and SIGKILL rungs each wait for the exit.
+pub const RUNG_WAIT: Duration = Duration::from_secs(5);
+/// At most this many callers may wait on one VM at once.
+const MAX_WAITERS: usize = 64;
+
+/// What every VM actor shares with the rest of the runtime.
+pub struct VmDeps {
+    pub store: Store,
+    pub events: EventBus,
+    pub board: StatusBoard,
+    pub run_dir: PathBuf,
+    pub registry: ActorRef<RegistryMessage>,
+    pub control_timeout: Duration,
+}
+
+pub struct VmArgs {
+    pub spec: VmSpec,
+    pub phase: VmPhase,
+    pub generation: u64,
+    pub backend: Arc<dyn Backend>,
+    pub deps: Arc<VmDeps>,
+}
+
+pub struct VmActor;
+
+/// One life of the hypervisor process.
+struct Run {
+    pid: i32,
+    run_id: Option<i64>,
+    plan: LaunchPlan,
+    process: ActorRef<ProcessMessage>,
+    control: Option<ActorRef<ControlMessage>>,
+    console: Option<ActorRef<ConsoleMessage>>,
+    control_up: bool,
+    ready: bool,
+    /// Set when the start is abandoned (e.g. the control socket never
+    /// answered); the exit that follows reports this reason.
+    start_failure: Option<String>,
+}
+
+struct Stopping {
+    attempt: u64,
+    rung: Rung,
+    started: Instant,
+    graceful: Duration,
+    waiters: Vec<RpcReplyPort<Result<StopOutcome>>>,
+    remove_after: Option<RpcReplyPort<Result<()>>>,
+}
+
+pub struct VmState {
+    name: String,
+    spec: VmSpec,
+    phase: VmPhase,
+    generation: u64,
+    paths: RunPaths,
+    backend: Arc<dyn Backend>,
+    deps: Arc<VmDeps>,
+    ready_pattern: Option<Regex>,
+    run: Option<Run>,
+    start_waiters: Vec<(WaitFor, RpcReplyPort<Result<VmInfo>>)>,
+    /// The first start of `up`: on failure, delete the VM entirely.
+    rollback: bool,
+    stopping: Option<Stopping>,
+    stop_attempts: u64,
+    accel: Option<Accel>,
+}
+
+impl Actor for VmActor {
+    type Msg = VmMessage;
+    type State = VmState;
+    type Arguments = VmArgs;
+
+    async fn pre_start(&self, _me: ActorRef<VmMessage>, a: VmArgs) -> std::result::Result<VmState, ActorProcessingErr> {
+        let paths = RunPaths::new(&a.deps.run_dir, &a.spec.name);
+        // Validated when the spec was accepted; a stored spec that no longer
+        // compiles just loses readiness detection.
+        let ready_pattern = a.spec.ready_pattern.as_deref().and_then(|p| Regex::new(p).ok());
+        let st = VmState {
+            name: a.spec.name.clone(),
+            spec: a.spec,
+            phase: a.phase,
+            generation: a.generation,
+            paths,
+            backend: a.backend,
+            deps: a.deps,
+            ready_pattern,
+            run: None,
+            start_waiters: Vec::new(),
+            rollback: false,
+            stopping: None,
+            stop_attempts: 0,
+            accel: None,
+        };
+        st.post_board();
+        Ok(st)
+    }
+
+    async fn handle(&self, me: ActorRef<VmMessage>, msg: VmMessage, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            VmMessage::Start { wait, rollback, reply } => st.on_start(&me, wait, rollback, reply).await,
+            VmMessage::Stop { graceful, reply } => st.on_stop(&me, graceful, Some(reply), None).await,
+            VmMessage::Pause { reply } => st.on_pause(&me, true, reply),
+            VmMessage::Resume { reply } => st.on_pause(&me, false, reply),
+            VmMessage::PauseDone { result, pause, reply } => st.on_pause_done(result, pause, reply).await,
+            VmMessage::Remove { force, reply } => st.on_remove(&me, force, reply).await,
+            VmMessage::Follow { reply } => st.on_follow(reply).await,
+            VmMessage::Attach { reply } => st.on_attach(reply),
+            VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
+            VmMessage::ControlUp { status } => st.on_control_up(&me, status).await,
+            VmMessage::ControlFailed { error } => st.on_control_failed(error),
+            VmMessage::Control(ev) => st.on_control_event(ev).await,
+            VmMessage::ConsoleReady => st.on_ready().await,
+            VmMessage::LadderTimeout { attempt, rung } => st.escalate(&me, attempt, rung, "timed out").await,
+            VmMessage::LadderActionFailed { attempt, rung, error } => st.escalate(&me, attempt, rung, &error).await,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<VmMessage>,
+        evt: SupervisionEvent,
+        st: &mut VmState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        // Overrides ractor's default, which would stop this actor (and so
+        // forget the VM) whenever any child stops.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let Some(run) = st.run.as_mut() else { return Ok(()) };
+            let id = cell.get_id();
+            let child = if run.console.as_ref().is_some_and(|c| c.get_id() == id) {
+                run.console = None;
+                "console"
+            } else if run.control.as_ref().is_some_and(|c| c.get_id() == id) {
+                run.control = None;
+                run.control_up = false;
+                "control"
+            } else {
+                tracing::error!(vm = %st.name, error = %err, "process watch actor failed");
+                return Ok(());
+            };
+            tracing::warn!(vm = %st.name, child, error = %err, "child actor failed; restarting it alone");
+            // One-for-one: the VM keeps running; only the child comes back.
+            let restarted = match child {
+                "console" => st.spawn_console(&me).await,
+                _ => st.spawn_control(&me).await,
+            };
+            if restarted {
+                let g = st.generation;
+                st.deps.events.publish(&st.name, EventKind::ChildRestarted { child: child.into() }, g, None).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<VmMessage>, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
+        // Stopping the actor (supervisor shutdown) leaves the VM running.
+        if let Some(run) = st.run.take() {
+            run.stop_children();
+        }
+        for (_, w) in st.start_waiters.drain(..) {
+            let _ = w.send(Err(Error::Unavailable("the supervisor is shutting down".into())));
+        }
+        Ok(())
+    }
+}
+
+impl Run {
+    fn stop_children(&self) {
+        self.process.stop(None);
+        if let Some(c) = &self.control {
+            c.stop(None);
+        }
+        if let Some(c) = &self.console {
+            c.stop(None);
+        }
+    }
+}
+
+impl VmState {
+    fn info(&self) -> VmInfo {
+        VmInfo {
+            name: self.name.clone(),
+            backend: self.spec.backend.as_str().to_string(),
+            phase: self.phase.clone(),
+            generation: self.generation,
+            ready: self.run.as_ref().is_some_and(|r| r.ready),
+            pid: self.run.as_ref().map(|r| r.pid),
+            accel: self.accel.map(|a| format!("{a:?}").to_lowercase()),
+            addresses: self.run.as_ref().map(|r| r.plan.guest_address.clone()).unwrap_or_default(),
+            console_log: self.paths.console_log.clone(),
+            spec: self.spec.clone(),
+        }
+    }
+
+    fn post_board(&self) {
+        self.deps.board.put(self.info());
+    }
+
+    /// The one place the phase changes: compute, persist, publish.
+    async fn transition(&mut self, ev: PhaseEvent) -> std::result::Result<(), phase::Denied> {
+        let next = phase::next(&self.phase, &ev)?;
+        self.phase = next;
+        self.generation += 1;
+        if let Err(e) = self.deps.store.set_phase(&self.name, &self.phase, self.generation).await {
+            tracing::error!(vm = %self.name, error = %e, "cannot persist phase");
+        }
+        tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
+        self.deps
+            .events
+            .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, None)
+            .await;
+        self.post_board();
+        Ok(())
+    }
+
+    fn conflict(&self, message: impl Into<String>) -> Error {
+        Error::Conflict { name: self.name.clone(), message: message.into() }
+    }
+
+    // ---------------------------------------------------------------- start
+
+    async fn on_start(&mut self, me: &ActorRef<VmMessage>, wait: WaitFor, rollback: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+        if let Err(d) = phase::next(&self.phase, &PhaseEvent::StartRequested) {
+            let _ = reply.send(Err(self.conflict(d.to_string())));
+            return;
+        }
+        self.rollback = rollback;
+        match self.begin_start(me).await {
+            Ok(()) => self.start_waiters.push((wait, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                if self.rollback {
+                    self.delete_everything(me).await;
+                }
+            }
+        }
+    }
+
+    async fn begin_start(&mut self, me: &ActorRef<VmMessage>) -> Result<()> {
+        self.deps.store.set_desired(&self.name, Desired::Running).await?;
+        let plan = self.backend.prepare(&self.spec, &self.paths)?;
+        std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
+        // Our own directory: sockets left by a previous run of this VM
+        // (whose process is gone, or we would not be starting) are stale.
+        for p in [&self.paths.control_socket, &self.paths.serial_socket] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = self.transition(PhaseEvent::StartRequested).await;
+        let spawned = match process::spawn(&plan) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = error_chain(&e);
+                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
+                return Err(Error::StartFailed { name: self.name.clone(), reason });
+            }
+        };
+        let pid = spawned.pid;
+        tracing::info!(vm = %self.name, pid, accel = ?plan.accel, "hypervisor started");
+        self.accel = Some(plan.accel);
+        let record = RunRecord {
+            vm: self.name.clone(),
+            pid,
+            start_time: process::process_start_time(pid).unwrap_or(0),
+            boot_id: process::boot_id().unwrap_or_default(),
+            paths: self.paths.clone(),
+        };
+        let run_id = match self.deps.store.record_run(&record).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(vm = %self.name, pid, error = %e, "cannot record run");
+                None
+            }
+        };
+        let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), spawned }, me.get_cell())
+            .await
+            .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
+        self.run = Some(Run {
+            pid,
+            run_id,
+            plan,
+            process,
+            control: None,
+            console: None,
+            control_up: false,
+            ready: false,
+            start_failure: None,
+        });
+        self.spawn_control(me).await;
+        self.post_board();
+        Ok(())
+    }
+
+    async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
+        let Some(run) = self.run.as_mut() else { return false };
+        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone() };
+        match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
+            Ok((c, _)) => {
+                run.control = Some(c);
+                true
+            }
+            Err(e) => {
+                tracing::error!(vm = %self.name, error = %e, "cannot spawn control actor");
+                false
+            }
+        }
+    }
+
+    async fn spawn_console(&mut self, me: &ActorRef<VmMessage>) -> bool {
+        let Some(run) = self.run.as_mut() else { return false };
+        let args = ConsoleArgs { vm: me.clone(), paths: self.paths.clone(), ready_pattern: self.ready_pattern.clone() };
+        match Actor::spawn_linked(None, ConsoleActor, args, me.get_cell()).await {
+            Ok((c, _)) => {
+                run.console = Some(c);
+                true
+            }
+            Err(e) => {
+                tracing::error!(vm = %self.name, error = %e, "cannot spawn console actor");
+                false
+            }
+        }
+    }
+
+    async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
+        let Some(run) = self.run.as_mut() else { return };
+        run.control_up = true;
+        if self.phase != VmPhase::Starting {
+            return; // a restarted Control actor reconnected
+        }
+        let _ = self.transition(PhaseEvent::Booted).await;
+        if status == GuestStatus::Paused {
+            let _ = self.transition(PhaseEvent::PauseObserved).await;
+        }
+        self.rollback = false;
+        self.spawn_console(me).await;
+        self.post_board();
+        let no_pattern = self.ready_pattern.is_none();
+        let info = self.info();
+        let waiters = std::mem::take(&mut self.start_waiters);
+        for (wait, reply) in waiters {
+            if wait == WaitFor::Running || no_pattern {
+                let _ = reply.send(Ok(info.clone()));
+            } else {
+                self.start_waiters.push((wait, reply));
+            }
+        }
+    }
+
+    fn on_control_failed(&mut self, error: String) {
+        let Some(run) = self.run.as_mut() else { return };
+        tracing::warn!(vm = %self.name, pid = run.pid, %error, "control channel failed");
+        if self.phase == VmPhase::Starting {
+            // It never answered: nothing graceful is possible. Kill it; the
+            // exit notice completes the failed start.
+            run.start_failure = Some(format!("control socket: {error}"));
+            run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
+        }
+    }
+
+    async fn on_ready(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.ready {
+            return;
+        }
+        run.ready = true;
+        tracing::info!(vm = %self.name, "console ready");
+        self.deps.events.publish(&self.name, EventKind::Ready, self.generation, None).await;
+        self.post_board();
+        let info = self.info();
+        for (_, reply) in self.start_waiters.drain(..) {
+            let _ = reply.send(Ok(info.clone()));
+        }
+    }
+
+    // ----------------------------------------------------------------- exit
+
+    async fn on_exit(&mut self, me: &ActorRef<VmMessage>, pid: i32, exit: ExitInfo) {
+        if self.run.as_ref().map(|r| r.pid) != Some(pid) {
+            return; // a notice from an earlier run
+        }
+        let Some(run) = self.run.take() else { return };
+        run.stop_children();
+        if let Some(id) = run.run_id {
+            if let Err(e) = self.deps.store.end_run(id, &exit).await {
+                tracing::error!(vm = %self.name, error = %e, "cannot record run end");
+            }
+        }
+        match self.phase.clone() {
+            VmPhase::Stopping { .. } => {
+                let _ = self.transition(PhaseEvent::Exited { exit }).await;
+                self.finish_stop(me, exit).await;
+            }
+            VmPhase::Starting => {
+                let reason = match run.start_failure {
+                    Some(r) => {
+                        let _ = self.transition(PhaseEvent::StartFailed { reason: r.clone() }).await;
+                        r
+                    }
+                    None => {
+                        let _ = self.transition(PhaseEvent::Exited { exit }).await;
+                        let said = tail_of(&self.paths.stderr_log, 2048);
+                        format!("hypervisor {exit} before it booted; it said: {}", said.trim())
+                    }
+                };
+                tracing::warn!(vm = %self.name, pid, %reason, "start failed");
+                for (_, w) in self.start_waiters.drain(..) {
+                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
+                }
+                if self.rollback {
+                    self.delete_everything(me).await;
+                }
+            }
+            _ => {
+                let _ = self.transition(PhaseEvent::Exited { exit }).await;
+                if matches!(self.phase, VmPhase::Crashed { .. }) {
+                    tracing::warn!(vm = %self.name, pid, %exit, "hypervisor crashed");
+                }
+                let reason = format!("the VM ended ({exit}) before it was ready");
+                for (_, w) in self.start_waiters.drain(..) {
+                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
+                }
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- stop
+
+    async fn on_stop(
+        &mut self,
+        me: &ActorRef<VmMessage>,
+        graceful: Duration,
+        reply: Option<RpcReplyPort<Result<StopOutcome>>>,
+        remove_after: Option<RpcReplyPort<Result<()>>>,
+    ) {
+        if let Some(s) = self.stopping.as_mut() {
+            if let Some(r) = reply {
+                if s.waiters.len() >= MAX_WAITERS {
+                    let _ = r.send(Err(Error::Busy { name: self.name.clone() }));
+                } else {
+                    s.waiters.push(r);
+                }
+            }
+            if remove_after.is_some() {
+                s.remove_after = remove_after;
+            }
+            return;
+        }
+        if !self.phase.is_active() {
+            let outcome = StopOutcome { rung: None, exit: None, phase: self.phase.clone(), elapsed_ms: 0 };
+            if let Some(r) = reply {
+                let _ = r.send(Ok(outcome));
+            }
+            if let Some(r) = remove_after {
+                self.remove_now(me, r).await;
+            }
+            return;
+        }
+        if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
+            tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
+        }
+        let control_up = self.run.as_ref().is_some_and(|r| r.control_up);
+        // ACPI needs a booted guest with running vCPUs; a paused guest would
+        // never see the button, and one that never booted has no ACPI yet.
+        let first = match (&self.phase, control_up) {
+            (VmPhase::Running, true) if !graceful.is_zero() => Rung::Acpi,
+            (_, true) => Rung::Quit,
+            (_, false) => Rung::Term,
+        };
+        let early = "stopped before it became ready".to_string();
+        for (_, w) in self.start_waiters.drain(..) {
+            let _ = w.send(Err(Error::Conflict { name: self.name.clone(), message: early.clone() }));
+        }
+        self.stop_attempts += 1;
+        let _ = self.transition(PhaseEvent::StopRequested { first }).await;
+        self.stopping = Some(Stopping {
+            attempt: self.stop_attempts,
+            rung: first,
+            started: Instant::now(),
+            graceful,
+            waiters: reply.into_iter().collect(),
+            remove_after,
+        });
+        self.act_rung(me, first).await;
+    }
+
+    async fn act_rung(&mut self, me: &ActorRef<VmMessage>, rung: Rung) {
+        let Some(s) = self.stopping.as_ref() else { return };
+        let attempt = s.attempt;
+        let wait = if rung == Rung::Acpi { s.graceful } else { RUNG_WAIT };
+        tracing::info!(vm = %self.name, rung = rung.as_str(), wait_ms = wait.as_millis() as u64, "shutdown ladder");
+        self.deps.events.publish(&self.name, EventKind::Rung { rung }, self.generation, None).await;
+        let Some(run) = self.run.as_ref() else { return };
+        match rung {
+            Rung::Acpi | Rung::Quit => {
+                let cmd = if rung == Rung::Acpi { ControlCommand::PowerButton } else { ControlCommand::Quit };
+                let control = run.control.clone();
+                let me2 = me.clone();
+                let timeout = self.deps.control_timeout;
+                tokio::spawn(async move {
+                    if let Err(error) = control_call(control, cmd, timeout).await {
+                        let _ = me2.cast(VmMessage::LadderActionFailed { attempt, rung, error });
+                    }
+                });
+            }
+            Rung::Term => {
+                run.process.cast(ProcessMessage::Signal(libc::SIGTERM)).ok();
+            }
+            Rung::Kill => {
+                run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
+            }
+        }
+        me.send_after(wait, move || VmMessage::LadderTimeout { attempt, rung });
+    }
+
+    async fn escalate(&mut self, me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, why: &str) {
+        let Some(s) = self.stopping.as_ref() else { return };
+        if s.attempt != attempt || s.rung != rung {
+            return; // stale timer or reply
+        }
+        tracing::info!(vm = %self.name, rung = rung.as_str(), why, "rung did not end the VM");
+        let Some(next) = rung.next() else {
+            // SIGKILL did not end it within RUNG_WAIT (e.g. stuck in the
+            // kernel): keep trying and keep waiting for the exit.
+            tracing::error!(vm = %self.name, "hypervisor survives SIGKILL; still waiting");
+            self.act_rung(me, Rung::Kill).await;
+            return;
+        };
+        if self.transition(PhaseEvent::Escalated { to: next }).await.is_ok() {
+            if let Some(s) = self.stopping.as_mut() {
+                s.rung = next;
+            }
+            self.act_rung(me, next).await;
+        }
+    }
+
+    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo) {
+        let Some(s) = self.stopping.take() else { return };
+        let outcome = StopOutcome {
+            rung: Some(s.rung),
+            exit: Some(exit),
+            phase: self.phase.clone(),
+            elapsed_ms: s.started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(vm = %self.name, rung = s.rung.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
+        for w in s.waiters {
+            let _ = w.send(Ok(outcome.clone()));
+        }
+        if let Some(r) = s.remove_after {
+            self.remove_now(me, r).await;
+        }
+    }
+
+    // ---------------------------------------------------------- pause/resume
+
+    fn on_pause(&mut self, me: &ActorRef<VmMessage>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+        let ev = if pause { PhaseEvent::PauseObserved } else { PhaseEvent::ResumeObserved };
+        if let Err(d) = phase::next(&self.phase, &ev) {
+            let _ = reply.send(Err(self.conflict(d.to_string())));
+            return;
+        }
+        let control = self.run.as_ref().and_then(|r| r.control.clone());
+        let timeout = self.deps.control_timeout;
+        let me = me.clone();
+        tokio::spawn(async move {
+            let cmd = if pause { ControlCommand::Pause } else { ControlCommand::Resume };
+            let result = control_call(control, cmd, timeout).await;
+            let _ = me.cast(VmMessage::PauseDone { result, pause, reply });
+        });
+    }
+
+    async fn on_pause_done(&mut self, result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+        if let Err(error) = result {
+            let _ = reply.send(Err(self.conflict(format!("{} failed: {error}", if pause { "pause" } else { "resume" }))));
+            return;
+        }
+        // The STOP/RESUME event may have applied it already.
+        let ev = if pause { PhaseEvent::PauseObserved } else { PhaseEvent::ResumeObserved };
+        let _ = self.transition(ev).await;
+        let _ = reply.send(Ok(self.info()));
+    }
+
+    async fn on_control_event(&mut self, ev: ControlEvent) {
+        let pid = self.run.as_ref().map(|r| r.pid);
+        tracing::debug!(vm = %self.name, ?pid, event = ?ev, "control event");
+        match ev {
+            ControlEvent::Stop if self.phase == VmPhase::Running => {
+                let _ = self.transition(PhaseEvent::PauseObserved).await;
+            }
+            ControlEvent::Resume if self.phase == VmPhase::Paused => {
+                let _ = self.transition(PhaseEvent::ResumeObserved).await;
+            }
+            ControlEvent::GuestPanicked => {
+                tracing::warn!(vm = %self.name, ?pid, "guest panicked");
+                self.deps.events.publish(&self.name, EventKind::GuestPanicked, self.generation, None).await;
+            }
+            _ => {}
+        }
+    }
+
+    // --------------------------------------------------------------- remove
+
+    async fn on_remove(&mut self, me: &ActorRef<VmMessage>, force: bool, reply: RpcReplyPort<Result<()>>) {
+        if self.phase.is_active() {
+            if !force {
+                let msg = format!("is {}; stop it first (`paddock stop {}`) or remove it with --force", self.phase.name(), self.name);
+                let _ = reply.send(Err(self.conflict(msg)));
+                return;
+            }
+            self.on_stop(me, Duration::ZERO, None, Some(reply)).await;
+            return;
+        }
+        self.remove_now(me, reply).await;
+    }
+
+    async fn remove_now(&mut self, me: &ActorRef<VmMessage>, reply: RpcReplyPort<Result<()>>) {
+        match self.delete_files_and_rows().await {
+            Ok(()) => {
+                self.forget(me).await;
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Intent first (desired = deleted), then the files, then the rows: a
+    /// crash in between leaves a VM marked deleted that the next start
+    /// finishes removing.
+    async fn delete_files_and_rows(&mut self) -> Result<()> {
+        self.deps.store.set_desired(&self.name, Desired::Deleted).await?;
+        match std::fs::remove_dir_all(&self.paths.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
+        }
+        self.deps.store.delete_vm(&self.name).await?;
+        Ok(())
+    }
+
+    async fn forget(&mut self, me: &ActorRef<VmMessage>) {
+        self.deps.board.remove(&self.name);
+        self.deps.events.publish(&self.name, EventKind::Removed, self.generation + 1, None).await;
+        // Forget is queued at the Registry before any reply we send next,
+        // so a caller that retries the same name finds it free.
+        let _ = self.deps.registry.cast(RegistryMessage::Forget { name: self.name.clone(), id: me.get_id() });
+        me.stop(Some("removed".into()));
+    }
+
+    /// Rolls back a failed `up`: nothing of the VM may remain.
+    async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
+        if let Err(e) = self.delete_files_and_rows().await {
+            tracing::error!(vm = %self.name, error = %e, "rollback of a failed up is incomplete");
+        }
+        self.forget(me).await;
+    }
+
+    // -------------------------------------------------------------- console
+
+    async fn on_follow(&mut self, reply: RpcReplyPort<Result<ConsoleFollow>>) {
+        match self.run.as_ref().and_then(|r| r.console.clone()) {
+            Some(console) => {
+                let timeout = self.deps.control_timeout;
+                tokio::spawn(async move {
+                    let r = match console.call(ConsoleMessage::Follow, Some(timeout)).await {
+                        Ok(ractor::rpc::CallResult::Success(f)) => Ok(f),
+                        _ => Err(Error::Timeout { what: "console".into(), timeout_ms: timeout.as_millis() as u64 }),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+            None => {
+                // Not running: the log file is all there is.
+                let backlog = tail_bytes(&self.paths.console_log, RING_BYTES);
+                let (_tx, live) = tokio::sync::broadcast::channel(1);
+                let _ = reply.send(Ok(ConsoleFollow { backlog: backlog.into(), live }));
+            }
+        }
+    }
+
+    fn on_attach(&mut self, reply: RpcReplyPort<Result<crate::console::ConsoleAttach>>) {
+        let Some(console) = self.run.as_ref().and_then(|r| r.console.clone()) else {
+            let _ = reply.send(Err(self.conflict(format!("is {}; the console is live only while it runs", self.phase.name()))));
+            return;
+        };
+        let timeout = self.deps.control_timeout;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let r = match console.call(ConsoleMessage::Attach, Some(timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(Ok(a))) => Ok(a),
+                Ok(ractor::rpc::CallResult::Success(Err(message))) => Err(Error::Conflict { name, message }),
+                _ => Err(Error::Timeout { what: "console".into(), timeout_ms: timeout.as_millis() as u64 }),
+            };
+            let _ = reply.send(r);
+        });
+    }
+}
+
+/// Runs one control command with a deadline; `None` control means the
+/// channel is down, which is an error the ladder escalates past.
+async fn control_call(
+    control: Option<ActorRef<ControlMessage>>,
+    cmd: ControlCommand,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let Some(control) = control else { return Err("control channel is down".into()) };
+    // The channel applies `timeout` itself; the margin covers the mailbox.
+    match control.call(|p| ControlMessage::Command(cmd, p), Some(timeout + Duration::from_secs(1))).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => r.map(drop),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(format!("{cmd:?} timed out")),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err("control actor is gone".into()),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn tail_bytes(path: &std::path::Path, max: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max as u64);
+    let mut out = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(len - start).read_to_end(&mut out);
+    }
+    out
+}
+
+fn tail_of(path: &std::path::Path, max: usize) -> String {
+    String::from_utf8_lossy(&tail_bytes(path, max)).into_owned()
+}

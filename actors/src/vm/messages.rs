@@ -1,0 +1,91 @@
+//! What a VM actor understands. Requests carry their reply port; internal
+//! notices come from the VM's own children and timers.
+
+use ractor::RpcReplyPort;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use super::phase::{ExitInfo, Rung, VmPhase};
+use crate::backend::{ControlEvent, GuestStatus};
+use crate::board::VmInfo;
+use crate::console::{ConsoleAttach, ConsoleFollow};
+use crate::error::{Error, Result};
+
+/// When a start request is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitFor {
+    /// As soon as the hypervisor reports the guest running.
+    #[default]
+    Running,
+    /// When the console readiness pattern matched (or Running without one).
+    Ready,
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopOutcome {
+    /// The ladder rung that ended the VM; none if it was not running.
+    pub rung: Option<Rung>,
+    pub exit: Option<ExitInfo>,
+    pub phase: VmPhase,
+    pub elapsed_ms: u64,
+}
+
+pub enum VmMessage {
+    // ---- requests (valid phases in brackets) ----
+    /// [defined, stopped, crashed, failed] Boot the VM. `rollback` deletes
+    /// the VM entirely if this first start fails (used by `up`).
+    Start { wait: WaitFor, rollback: bool, reply: RpcReplyPort<Result<VmInfo>> },
+    /// [any] Run the shutdown ladder; idempotent, joins a stop in progress.
+    /// `graceful` bounds the ACPI rung.
+    Stop { graceful: Duration, reply: RpcReplyPort<Result<StopOutcome>> },
+    /// [running] Freeze the vCPUs.
+    Pause { reply: RpcReplyPort<Result<VmInfo>> },
+    /// [paused] Thaw the vCPUs.
+    Resume { reply: RpcReplyPort<Result<VmInfo>> },
+    /// [stopped, crashed, failed, defined; any with `force`] Delete the VM
+    /// and everything it owns.
+    Remove { force: bool, reply: RpcReplyPort<Result<()>> },
+    /// [running, paused] Console backlog + live output.
+    Follow { reply: RpcReplyPort<Result<ConsoleFollow>> },
+    /// [running, paused] Interactive console; one writer at a time.
+    Attach { reply: RpcReplyPort<Result<ConsoleAttach>> },
+
+    // ---- notices from children and timers ----
+    ProcessExited { pid: i32, exit: ExitInfo },
+    ControlUp { status: GuestStatus },
+    ControlFailed { error: String },
+    Control(ControlEvent),
+    ConsoleReady,
+    /// The wait of `rung` (in stop attempt `attempt`) ran out.
+    LadderTimeout { attempt: u64, rung: Rung },
+    /// The action of `rung` failed; escalate without waiting.
+    LadderActionFailed { attempt: u64, rung: Rung, error: String },
+    PauseDone { result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>> },
+}
+
+impl VmMessage {
+    /// Answers a request whose VM does not exist (used by the Registry).
+    pub fn reply_not_found(self, name: &str) {
+        let nf = || Error::NotFound { name: name.to_string() };
+        match self {
+            VmMessage::Start { reply, .. } | VmMessage::Pause { reply } | VmMessage::Resume { reply } => {
+                let _ = reply.send(Err(nf()));
+            }
+            VmMessage::Stop { reply, .. } => {
+                let _ = reply.send(Err(nf()));
+            }
+            VmMessage::Remove { reply, .. } => {
+                let _ = reply.send(Err(nf()));
+            }
+            VmMessage::Follow { reply } => {
+                let _ = reply.send(Err(nf()));
+            }
+            VmMessage::Attach { reply } => {
+                let _ = reply.send(Err(nf()));
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The VM supervisor: one actor per VM, the only place that decides the
+//! VM's phase. Children: Process (hypervisor), Control (QMP / CH API) and
+//! Console. See `phase` for the lifecycle and `actor` for how messages
+//! become phase events and effects.
+
+mod actor;
+mod messages;
+pub mod phase;
+
+pub use actor::{VmActor, VmArgs, VmDeps};
+pub use messages::{StopOutcome, VmMessage, WaitFor};
