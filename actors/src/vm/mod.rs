@@ -7,5 +7,5 @@ mod actor;
 mod messages;
 pub mod phase;
 
-pub use actor::{VmActor, VmArgs, VmDeps};
+pub use actor::{VmActor, VmArgs, VmDeps, RUNG_WAIT};
 pub use messages::{StopOutcome, VmMessage, WaitFor};

@@ -1,0 +1,101 @@
+//! Console endpoints: a byte stream for followers, an HTTP upgrade to a raw
+//! duplex stream for the one interactive writer.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use futures::StreamExt as _;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::error::ApiError;
+use super::types::ConsoleQuery;
+use super::AppState;
+
+pub const UPGRADE_PROTOCOL: &str = "paddock-console";
+
+pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<ConsoleQuery>) -> Result<Response, ApiError> {
+    let f = rt.console_follow(&name).await?;
+    let backlog = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(f.backlog) });
+    let body = if q.follow.unwrap_or(false) {
+        // A follower that falls more than the channel behind loses the
+        // oldest chunks rather than slowing the console for everyone.
+        let live = BroadcastStream::new(f.live).filter_map(|r| async move { r.ok().map(Ok) });
+        Body::from_stream(backlog.chain(live))
+    } else {
+        Body::from_stream(backlog)
+    };
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .unwrap_or_default())
+}
+
+pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut req: Request) -> Result<Response, ApiError> {
+    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(UPGRADE_PROTOCOL);
+    if !wants {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            detail: super::types::ErrorDetail {
+                kind: "invalid_request".into(),
+                message: format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
+                field: None,
+            },
+        });
+    }
+    let attach = rt.console_attach(&name).await?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "console upgrade failed");
+                return;
+            }
+        };
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let mut live = attach.follow.live;
+        let backlog = attach.follow.backlog;
+        let out = async move {
+            if wr.write_all(&backlog).await.is_err() {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(b) => {
+                        if wr.write_all(&b).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+        };
+        let input = attach.input;
+        let inp = async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if input.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        // Either side ending ends the session; dropping `input` frees the
+        // console for the next writer.
+        tokio::select! { _ = out => {}, _ = inp => {} }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_default())
+}

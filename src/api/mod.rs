@@ -1,0 +1,97 @@
+//! The HTTP/JSON API on a Unix socket. One router; handlers are thin and
+//! call `Runtime`; errors become `{"error": {...}}` in `error.rs`.
+//!
+//! ```text
+//! GET    /v1/health
+//! GET    /v1/vms                         list
+//! POST   /v1/vms?wait=&timeout_secs=     create and boot (body: spec JSON)
+//! GET    /v1/vms/{name}
+//! DELETE /v1/vms/{name}?force=
+//! POST   /v1/vms/{name}/start?wait=&timeout_secs=
+//! POST   /v1/vms/{name}/stop?timeout_secs=      graceful (ACPI) budget
+//! POST   /v1/vms/{name}/pause | /resume
+//! GET    /v1/vms/{name}/console?follow=         raw bytes
+//! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
+//! GET    /v1/events?since=&follow=              NDJSON
+//! ```
+
+mod console;
+pub mod error;
+mod events;
+pub mod types;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Runtime, VmInfo, VmSpec};
+use error::ApiError;
+use types::{RemoveQuery, StartQuery, StopQuery};
+
+pub type AppState = Arc<Runtime>;
+
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms/{name}", get(inspect).delete(remove))
+        .route("/v1/vms/{name}/start", post(start))
+        .route("/v1/vms/{name}/stop", post(stop))
+        .route("/v1/vms/{name}/pause", post(pause))
+        .route("/v1/vms/{name}/resume", post(resume))
+        .route("/v1/vms/{name}/console", get(console::follow))
+        .route("/v1/vms/{name}/console/attach", get(console::attach))
+        .route("/v1/events", get(events::stream))
+        .with_state(runtime)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn list(State(rt): State<AppState>) -> Json<Vec<VmInfo>> {
+    Json(rt.list())
+}
+
+async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(rt.get(&name)?))
+}
+
+/// The body is parsed here rather than by axum's `Json` extractor so that
+/// a bad field is reported with its path (`boot.kernal`), not a byte offset.
+async fn create(State(rt): State<AppState>, Query(q): Query<StartQuery>, body: Bytes) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+    let spec: VmSpec = types::parse_spec(&body)?;
+    let info = rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn start(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(rt.start_vm(&name, q.wait.unwrap_or_default(), q.timeout()).await?))
+}
+
+async fn stop(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<StopQuery>) -> Result<Json<crate::StopOutcome>, ApiError> {
+    let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
+    Ok(Json(rt.stop(&name, graceful).await?))
+}
+
+async fn pause(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(rt.pause(&name).await?))
+}
+
+async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(rt.resume(&name).await?))
+}
+
+async fn remove(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, ApiError> {
+    rt.remove(&name, q.force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `Upgrade:` protocol name of the interactive console.
+pub fn console_protocol() -> &'static str {
+    console::UPGRADE_PROTOCOL
+}

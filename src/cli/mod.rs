@@ -1,0 +1,301 @@
+//! The `paddock` command line: `serve` runs the daemon; every other command
+//! is a client of its socket. Human tables by default, `--json` for scripts.
+//!
+//! Exit codes: 0 ok, 1 other failure, 2 usage, 3 not found, 4 invalid spec,
+//! 5 daemon not running, 6 conflict (wrong state, duplicate name, busy),
+//! 7 the VM failed to start.
+
+mod console;
+mod table;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::BodyExt as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::client::{Client, ClientError};
+use crate::WaitFor;
+
+pub const EXIT_OTHER: i32 = 1;
+pub const EXIT_NOT_FOUND: i32 = 3;
+pub const EXIT_INVALID_SPEC: i32 = 4;
+pub const EXIT_NO_DAEMON: i32 = 5;
+pub const EXIT_CONFLICT: i32 = 6;
+pub const EXIT_START_FAILED: i32 = 7;
+
+#[derive(Parser, Debug)]
+#[command(name = "paddock", version, about = "Supervise virtual machines")]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "PADDOCK_SOCKET", default_value = "/run/paddock/paddock.sock")]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Wait {
+    Running,
+    Ready,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (under systemd, or in a terminal).
+    Serve {
+        #[arg(long, env = "PADDOCK_STATE_DIR", default_value = "/var/lib/paddock")]
+        state_dir: PathBuf,
+        #[arg(long, env = "PADDOCK_RUN_DIR", default_value = "/run/paddock")]
+        run_dir: PathBuf,
+        #[arg(long, env = "PADDOCK_QEMU", default_value = "qemu-system-x86_64")]
+        qemu_binary: PathBuf,
+        /// Deadline for every control-socket call (QMP), in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        control_timeout_ms: u64,
+    },
+    /// Create a VM from a TOML spec file and boot it.
+    Up {
+        file: PathBuf,
+        /// Return when the guest runs, or when its console readiness
+        /// pattern matched.
+        #[arg(long, value_enum, default_value = "running")]
+        wait: Wait,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List VMs.
+    Ps,
+    /// Show one VM in full.
+    Inspect { name: String },
+    /// Print the serial console log.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Attach to the serial console (Ctrl-] detaches).
+    Console { name: String },
+    /// Freeze the VM's vCPUs.
+    Pause { name: String },
+    /// Thaw the VM's vCPUs.
+    Resume { name: String },
+    /// Power the VM off: ACPI, then escalate (quit, SIGTERM, SIGKILL).
+    Stop {
+        name: String,
+        /// Seconds the guest gets to react to the ACPI power button.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Boot a stopped VM again.
+    Start {
+        name: String,
+        #[arg(long, value_enum, default_value = "running")]
+        wait: Wait,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Delete a VM and everything it owned.
+    Rm {
+        name: String,
+        /// Stop it first if it is running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Follow the event stream (NDJSON with --json).
+    Events {
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Print what is recorded and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.cmd, Command::Serve { .. }) { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_OTHER;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> i32 {
+    let client = Client::new(&cli.socket);
+    let json = cli.json;
+    let result: Result<(), CliError> = match cli.cmd {
+        Command::Serve { state_dir, run_dir, qemu_binary, control_timeout_ms } => {
+            let opts = crate::daemon::ServeOptions {
+                state_dir,
+                run_dir,
+                socket: cli.socket.clone(),
+                qemu_binary,
+                control_timeout: Duration::from_millis(control_timeout_ms),
+            };
+            return match crate::daemon::serve(opts).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    EXIT_OTHER
+                }
+            };
+        }
+        Command::Up { file, wait, timeout } => async {
+            let spec = crate::config::load_spec_file(&file).map_err(CliError::Spec)?;
+            let info = client.up(&spec, wait.into(), timeout).await?;
+            print_one(json, &info);
+            Ok(())
+        }
+        .await,
+        Command::Ps => async {
+            let vms = client.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vms).unwrap_or_default());
+            } else {
+                print!("{}", table::vms(&vms));
+            }
+            Ok(())
+        }
+        .await,
+        Command::Inspect { name } => async {
+            let info = client.get(&name).await?;
+            println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+            Ok(())
+        }
+        .await,
+        Command::Logs { name, follow } => async {
+            let mut body = client.console(&name, follow).await?;
+            let mut out = std::io::stdout();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| CliError::Other(e.to_string()))?;
+                if let Some(data) = frame.data_ref() {
+                    let _ = out.write_all(data);
+                    let _ = out.flush();
+                }
+            }
+            Ok(())
+        }
+        .await,
+        Command::Console { name } => console::attach(&client, &name).await,
+        Command::Pause { name } => client.pause(&name).await.map(|i| print_one(json, &i)).map_err(Into::into),
+        Command::Resume { name } => client.resume(&name).await.map(|i| print_one(json, &i)).map_err(Into::into),
+        Command::Stop { name, timeout } => async {
+            let outcome = client.stop(&name, timeout).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            } else {
+                match outcome.rung {
+                    Some(r) => println!("{name}: stopped by rung {} in {} ms", r.as_str(), outcome.elapsed_ms),
+                    None => println!("{name}: already {}", outcome.phase.name()),
+                }
+            }
+            Ok(())
+        }
+        .await,
+        Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
+        Command::Rm { name, force } => async {
+            client.remove(&name, force).await?;
+            if !json {
+                println!("{name}: removed");
+            }
+            Ok(())
+        }
+        .await,
+        Command::Events { since, no_follow } => async {
+            let mut body = client.events(since, !no_follow).await?;
+            let mut out = std::io::stdout();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| CliError::Other(e.to_string()))?;
+                if let Some(data) = frame.data_ref() {
+                    if json {
+                        let _ = out.write_all(data);
+                    } else {
+                        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            if let Ok(ev) = serde_json::from_slice::<crate::Event>(line) {
+                                let _ = writeln!(out, "{}", table::event(&ev));
+                            }
+                        }
+                    }
+                    let _ = out.flush();
+                }
+            }
+            Ok(())
+        }
+        .await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+impl From<Wait> for WaitFor {
+    fn from(w: Wait) -> Self {
+        match w {
+            Wait::Running => WaitFor::Running,
+            Wait::Ready => WaitFor::Ready,
+        }
+    }
+}
+
+fn print_one(json: bool, info: &crate::VmInfo) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(info).unwrap_or_default());
+    } else {
+        print!("{}", table::vms(std::slice::from_ref(info)));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Spec(crate::config::SpecFileError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Spec(_) => EXIT_INVALID_SPEC,
+            CliError::Client(ClientError::DaemonNotRunning { .. }) => EXIT_NO_DAEMON,
+            CliError::Client(c) => match c.kind() {
+                Some("not_found") => EXIT_NOT_FOUND,
+                Some("invalid_spec") => EXIT_INVALID_SPEC,
+                Some("conflict") | Some("busy") => EXIT_CONFLICT,
+                Some("start_failed") | Some("backend_unavailable") => EXIT_START_FAILED,
+                _ => EXIT_OTHER,
+            },
+            CliError::Other(_) => EXIT_OTHER,
+        }
+    }
+}

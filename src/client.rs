@@ -1,0 +1,200 @@
+//! A client of the daemon's Unix-socket API; the CLI and the tests use it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::api::types::{ErrorBody, ErrorDetail};
+use crate::{StopOutcome, VmInfo, VmSpec, WaitFor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the paddock daemon is not running (cannot connect to {socket:?}); start it with `paddock serve`")]
+    DaemonNotRunning {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .detail.message)]
+    Api { status: StatusCode, detail: ErrorDetail },
+    #[error("talking to the daemon failed: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The API's error kind, if the daemon answered with one.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { detail, .. } => Some(&detail.kind),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>, upgrade: bool) -> Result<hyper::Response<Incoming>> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::DaemonNotRunning { socket: self.socket.clone(), source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let mut req = Request::builder().method(method).uri(path).header("host", "paddock");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        if upgrade {
+            req = req.header("connection", "Upgrade").header("upgrade", crate::api::console_protocol());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        sender.send_request(req).await.map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+        let resp = self.send(method, path, body, false).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+        let bytes = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport(format!("bad response: {e}")))
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        self.json(Method::GET, "/v1/health", None).await
+    }
+
+    /// Waits until the daemon answers, up to `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.health().await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub async fn up(&self, spec: &VmSpec, wait: WaitFor, timeout_secs: u64) -> Result<VmInfo> {
+        let body = serde_json::to_vec(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.up_raw(body, wait, timeout_secs).await
+    }
+
+    /// Sends a spec body as is (for callers that hold JSON already).
+    pub async fn up_raw(&self, body: Vec<u8>, wait: WaitFor, timeout_secs: u64) -> Result<VmInfo> {
+        let path = format!("/v1/vms?wait={}&timeout_secs={timeout_secs}", wait_str(wait));
+        self.json(Method::POST, &path, Some(body)).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<VmInfo>> {
+        self.json(Method::GET, "/v1/vms", None).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<VmInfo> {
+        self.json(Method::GET, &format!("/v1/vms/{name}"), None).await
+    }
+
+    pub async fn start(&self, name: &str, wait: WaitFor, timeout_secs: u64) -> Result<VmInfo> {
+        let path = format!("/v1/vms/{name}/start?wait={}&timeout_secs={timeout_secs}", wait_str(wait));
+        self.json(Method::POST, &path, None).await
+    }
+
+    pub async fn stop(&self, name: &str, graceful_secs: u64) -> Result<StopOutcome> {
+        self.json(Method::POST, &format!("/v1/vms/{name}/stop?timeout_secs={graceful_secs}"), None).await
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<VmInfo> {
+        self.json(Method::POST, &format!("/v1/vms/{name}/pause"), None).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<VmInfo> {
+        self.json(Method::POST, &format!("/v1/vms/{name}/resume"), None).await
+    }
+
+    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}"), None).await.map(drop)
+    }
+
+    /// The console as a byte stream (backlog, then live output if `follow`).
+    pub async fn console(&self, name: &str, follow: bool) -> Result<Incoming> {
+        self.stream(&format!("/v1/vms/{name}/console?follow={follow}")).await
+    }
+
+    /// NDJSON events after `since` (and live ones if `follow`).
+    pub async fn events(&self, since: u64, follow: bool) -> Result<Incoming> {
+        self.stream(&format!("/v1/events?since={since}&follow={follow}")).await
+    }
+
+    async fn stream(&self, path: &str) -> Result<Incoming> {
+        let resp = self.send(Method::GET, path, None, false).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.into_body());
+        }
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        Err(api_error(status, &bytes))
+    }
+
+    /// An interactive console: a raw duplex byte stream to the serial port.
+    pub async fn attach(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let resp = self.send(Method::GET, &format!("/v1/vms/{name}/console/attach"), None, true).await?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let up = hyper::upgrade::on(resp).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(TokioIo::new(up))
+    }
+}
+
+fn wait_str(w: WaitFor) -> &'static str {
+    match w {
+        WaitFor::Running => "running",
+        WaitFor::Ready => "ready",
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api { status, detail: b.error },
+        Err(_) => ClientError::Api {
+            status,
+            detail: ErrorDetail {
+                kind: "internal".into(),
+                message: format!("daemon answered {status}: {}", String::from_utf8_lossy(body).trim()),
+                field: None,
+            },
+        },
+    }
+}

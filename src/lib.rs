@@ -1,0 +1,25 @@
+//! Paddock: a supervisor runtime for virtual machines.
+//!
+//! Embed it with [`Runtime`] (typed async methods and an event stream, no
+//! global state), or run `paddock serve` and drive it over its Unix-socket
+//! HTTP API with the `paddock` CLI ([`client::Client`]).
+//!
+//! ```text
+//! systemd -> paddock serve (daemon.rs) -> HTTP API on a Unix socket (api/)
+//!         -> Runtime (runtime.rs) -> Registry actor -> VM actor per VM
+//!         -> Process / Control / Console children -> the hypervisor process
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+mod runtime;
+
+pub use paddock_actors::spec;
+pub use paddock_actors::{
+    ConsoleAttach, ConsoleFollow, Error, Event, EventKind, ExitInfo, Result, Rung, SpecError, StopOutcome, VmInfo, VmPhase,
+    VmSpec, WaitFor,
+};
+pub use runtime::{Runtime, RuntimeConfig};

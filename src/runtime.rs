@@ -1,0 +1,184 @@
+//! `Runtime`: the embedding API. Owns the store, the event bus, the status
+//! board and the Registry actor; every method is a request with a deadline.
+
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+use paddock_actors::qemu::QemuBackend;
+use paddock_actors::vm::VmMessage;
+use paddock_actors::{
+    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RegistryActor, RegistryArgs, RegistryMessage, Result,
+    StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
+};
+
+/// Where state lives and how hypervisors are reached.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Durable state (the SQLite database).
+    pub state_dir: PathBuf,
+    /// Sockets, logs and other per-run files of each VM.
+    pub run_dir: PathBuf,
+    pub qemu_binary: PathBuf,
+    /// Deadline for connecting to a control socket and for each command.
+    pub control_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            state_dir: state_dir.into(),
+            run_dir: run_dir.into(),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            control_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Extra time allowed for a request beyond the work it asks for.
+const MARGIN: Duration = Duration::from_secs(10);
+/// Deadline for requests that do no waiting of their own.
+const QUICK: Duration = Duration::from_secs(30);
+
+pub struct Runtime {
+    registry: ActorRef<RegistryMessage>,
+    registry_task: tokio::task::JoinHandle<()>,
+    board: StatusBoard,
+    events: EventBus,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Opens the store (refusing a damaged one), loads recorded VMs and
+    /// starts the supervision tree.
+    pub async fn start(config: RuntimeConfig) -> Result<Runtime> {
+        for dir in [&config.state_dir, &config.run_dir] {
+            create_private_dir(dir)?;
+        }
+        let store = Store::open(&config.state_dir.join("paddock.db"))?;
+        let records = store.load_vms().await?;
+        let events = EventBus::new(store.clone());
+        let board = StatusBoard::default();
+        let qemu: Arc<dyn paddock_actors::Backend> =
+            Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout));
+        let args = RegistryArgs {
+            store,
+            events: events.clone(),
+            board: board.clone(),
+            run_dir: config.run_dir.clone(),
+            backends: Backends { qemu: Some(qemu), cloud_hypervisor: None },
+            control_timeout: config.control_timeout,
+            records,
+        };
+        let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot start the registry: {e}")))?;
+        Ok(Runtime { registry, registry_task, board, events, config })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Defines `spec` and boots it. On failure nothing of the VM remains.
+    pub async fn up(&self, spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.registry
+            .cast(RegistryMessage::Create { spec: Box::new(spec), wait, reply: tx.into() })
+            .map_err(|_| gone())?;
+        await_reply(rx, timeout + MARGIN, "up").await
+    }
+
+    pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        self.route(name, timeout + MARGIN, |reply| VmMessage::Start { wait, rollback: false, reply }).await
+    }
+
+    /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.
+    pub async fn stop(&self, name: &str, graceful: Duration) -> Result<StopOutcome> {
+        let budget = graceful + paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
+        self.route(name, budget, |reply| VmMessage::Stop { graceful, reply }).await
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<VmInfo> {
+        self.route(name, QUICK, |reply| VmMessage::Pause { reply }).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<VmInfo> {
+        self.route(name, QUICK, |reply| VmMessage::Resume { reply }).await
+    }
+
+    /// Deletes the VM and everything it owned; `force` stops it first.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let budget = paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
+        self.route(name, budget, |reply| VmMessage::Remove { force, reply }).await
+    }
+
+    pub fn list(&self) -> Vec<VmInfo> {
+        self.board.list()
+    }
+
+    pub fn get(&self, name: &str) -> Result<VmInfo> {
+        self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })
+    }
+
+    pub async fn console_follow(&self, name: &str) -> Result<ConsoleFollow> {
+        self.route(name, QUICK, |reply| VmMessage::Follow { reply }).await
+    }
+
+    pub async fn console_attach(&self, name: &str) -> Result<ConsoleAttach> {
+        self.route(name, QUICK, |reply| VmMessage::Attach { reply }).await
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Recorded events with a sequence number above `since`.
+    pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<Event>> {
+        Ok(self.events.store().events_since(since, limit).await?)
+    }
+
+    /// Stops the supervision tree. VMs keep running: their processes live
+    /// in their own sessions and are re-adopted by the next start.
+    pub async fn shutdown(self) {
+        self.registry.stop(None);
+        let _ = self.registry_task.await;
+    }
+
+    async fn route<T: Send + 'static>(
+        &self,
+        name: &str,
+        timeout: Duration,
+        make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+    ) -> Result<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.registry
+            .cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) })
+            .map_err(|_| gone())?;
+        await_reply(rx, timeout, name).await
+    }
+}
+
+fn gone() -> Error {
+    Error::Unavailable("the registry is not running".into())
+}
+
+async fn await_reply<T>(rx: tokio::sync::oneshot::Receiver<Result<T>>, timeout: Duration, what: &str) -> Result<T> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(Error::Unavailable(format!("request for {what} was dropped"))),
+        Err(_) => Err(Error::Timeout { what: format!("request for {what}"), timeout_ms: timeout.as_millis() as u64 }),
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {dir:?}"), e))
+}
