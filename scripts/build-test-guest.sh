@@ -78,45 +78,51 @@ ensure_tools() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 }
 
-# Candidate version apt would install for a package ("" if unknown).
-candidate_version() {
-    apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
+# Candidate versions apt would install for the given packages, one line
+# each, in argument order; an empty line for a package apt cannot install.
+candidate_versions() {
+    apt-cache policy "$@" 2>/dev/null | awk -v want="$*" '
+        /^[^ ]/ { pkg = substr($0, 1, length($0) - 1) }
+        $1 == "Candidate:" && $2 != "(none)" { cand[pkg] = $2 }
+        END { n = split(want, w, " "); for (i = 1; i <= n; i++) print cand[w[i]] }'
 }
 
-# Make sure apt knows a package, refreshing the lists once if it does not.
-ensure_known() {
-    if [[ -z $(candidate_version "$1") ]]; then
+# Resolve the inputs and the stamp describing everything the output depends
+# on (a different stamp means rebuild). apt is asked as few times as possible
+# since each query re-reads the package lists. The lists are refreshed (once)
+# only if apt does not know a package yet.
+resolve_inputs() {
+    local deps
+    # The real kernel package behind the linux-image-amd64 metapackage, e.g.
+    # linux-image-6.1.0-56-amd64 (the newest, should apt list several).
+    if ! deps=$(apt-cache depends linux-image-amd64 2>/dev/null); then
         apt_update_once
-        [[ -n $(candidate_version "$1") ]] || die "apt knows no package $1"
+        deps=$(apt-cache depends linux-image-amd64) || die "apt knows no linux-image-amd64"
     fi
-}
+    kernel_pkg=$(awk '$1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9]/ { print $2 }' <<<"$deps" |
+        sort -V | tail -n 1)
+    [[ -n $kernel_pkg ]] || die "cannot resolve the package behind linux-image-amd64"
 
-# The real kernel package behind the linux-image-amd64 metapackage, e.g.
-# linux-image-6.1.0-56-amd64 (newest if apt lists several).
-resolve_kernel_package() {
-    ensure_known linux-image-amd64
-    apt-cache depends linux-image-amd64 |
-        awk '$1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9]/ { print $2 }' |
-        sort -V | tail -n 1
-}
+    { read -r kernel_ver; read -r busybox_ver; } < <(candidate_versions "$kernel_pkg" busybox-static)
+    if [[ -z $kernel_ver || -z $busybox_ver ]] && [[ $apt_updated -eq 0 ]]; then
+        apt_update_once
+        { read -r kernel_ver; read -r busybox_ver; } < <(candidate_versions "$kernel_pkg" busybox-static)
+    fi
+    [[ -n $kernel_ver ]] || die "no installable version of $kernel_pkg"
+    [[ -n $busybox_ver ]] || die "no installable version of busybox-static"
 
-ensure_tools apt-cache:apt dpkg-deb:dpkg sha256sum:coreutils flock:util-linux \
-    cpio:cpio gzip:gzip depmod:kmod
-
-kernel_pkg=$(resolve_kernel_package)
-[[ -n $kernel_pkg ]] || die "cannot resolve the package behind linux-image-amd64"
-kernel_ver=$(candidate_version "$kernel_pkg")
-[[ -n $kernel_ver ]] || die "no installable version of $kernel_pkg"
-ensure_known busybox-static
-busybox_ver=$(candidate_version busybox-static)
-
-# Everything the output depends on; a different stamp means rebuild.
-want_stamp="kernel: $kernel_pkg $kernel_ver
+    want_stamp="kernel: $kernel_pkg $kernel_ver
 busybox: busybox-static $busybox_ver
 init-sha256: $(sha256sum <"$init_src" | cut -d' ' -f1)
 script-sha256: $(sha256sum <"$script_path" | cut -d' ' -f1)"
+}
+
+[[ -f $init_src ]] || die "missing $init_src"
+ensure_tools apt-cache:apt sha256sum:coreutils flock:util-linux
+resolve_inputs
 
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # print absolute paths even for a relative OUT_DIR
 # Serialise concurrent builds into the same cache dir.
 exec 9>"$out/.lock"
 flock 9
@@ -126,33 +132,55 @@ cache_hit() {
         [[ $(<"$out/stamp") == "$want_stamp" ]]
 }
 if cache_hit; then
+    log "up to date: $out"
     print_paths
     exit 0
 fi
 
-# Scratch space (downloads, extracted kernel) in TMPDIR; the new images are
-# assembled inside $out so the final renames stay on one filesystem.
-work=$(mktemp -d "${TMPDIR:-/tmp}/paddock-guest.XXXXXX")
+# All scratch space (downloads, the extracted kernel, the new images) lives
+# in one dir inside $out: the final renames stay on one filesystem, and
+# leftovers of a build killed with SIGKILL are swept up by the next run
+# (safe: we hold the lock, so no other build is using them).
+rm -rf "$out"/.build.*
 build=$(mktemp -d "$out/.build.XXXXXX")
-trap 'rm -rf "$work" "$build"' EXIT
+trap 'rm -rf "$build"' EXIT
+# With these traps bash lets the running step (e.g. dpkg-deb) finish before
+# exiting, so the EXIT cleanup does not race a child still writing files.
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+work=$build/work
+mkdir "$work"
+
+ensure_tools apt-get:apt dpkg-deb:dpkg depmod:kmod cpio:cpio gzip:gzip
 
 # apt-get download runs its fetcher as user _apt, which cannot write into a
 # root-only mktemp dir; as root, keep it as root instead of warning.
 apt_download_opts=()
 [[ $EUID -eq 0 ]] && apt_download_opts=(-o APT::Sandbox::User=root)
 
-download_and_extract() { # package version destdir
-    local pkg=$1 ver=$2 dest=$3 deb
-    (cd "$work" && apt-get download -qq "${apt_download_opts[@]}" "$pkg=$ver" >&2)
-    deb=$(find "$work" -maxdepth 1 -name "${pkg}_*.deb" -print -quit)
-    [[ -n $deb ]] || die "apt-get download $pkg=$ver produced no .deb"
-    dpkg-deb -x "$deb" "$dest"
-    rm -f "$deb"
+download() { # package version -> the .deb's path on stdout
+    (cd "$work" && apt-get download -qq "${apt_download_opts[@]}" "$1=$2" >&2) &&
+        find "$work" -maxdepth 1 -name "${1}_*.deb" -print -quit
 }
 
-log "fetching $kernel_pkg $kernel_ver and busybox-static $busybox_ver"
-download_and_extract "$kernel_pkg" "$kernel_ver" "$work/kernel"
-download_and_extract busybox-static "$busybox_ver" "$work/busybox"
+fetch_packages() {
+    log "fetching $kernel_pkg $kernel_ver and busybox-static $busybox_ver"
+    kernel_deb=$(download "$kernel_pkg" "$kernel_ver") && [[ -n $kernel_deb ]] &&
+        busybox_deb=$(download busybox-static "$busybox_ver") && [[ -n $busybox_deb ]]
+}
+# Stale package lists can name versions the mirror has dropped (common for
+# security updates): refresh once, re-resolve and try again.
+if ! fetch_packages; then
+    [[ $apt_updated -eq 0 ]] || die "cannot download the packages"
+    rm -f "$work"/*.deb
+    apt_update_once
+    resolve_inputs
+    fetch_packages || die "cannot download the packages"
+fi
+dpkg-deb -x "$kernel_deb" "$work/kernel"
+dpkg-deb -x "$busybox_deb" "$work/busybox"
+rm -f "$kernel_deb" "$busybox_deb"
 
 # --- kernel -------------------------------------------------------------
 vmlinuz=$(find "$work/kernel/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)

@@ -254,10 +254,12 @@ impl VmState {
         match self.begin_start(me).await {
             Ok(()) => self.start_waiters.push((wait, reply)),
             Err(e) => {
-                let _ = reply.send(Err(e));
+                // Roll back before answering: whoever reads the answer must
+                // find nothing of the VM left.
                 if self.rollback {
                     self.delete_everything(me).await;
                 }
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -416,23 +418,26 @@ impl VmState {
                 self.finish_stop(me, exit).await;
             }
             VmPhase::Starting => {
+                // Killed by us because control never answered, or ended by
+                // itself (then its own words on stderr say why).
+                let killed_by_us = run.start_failure.is_some() && exit.signal == Some(libc::SIGKILL);
                 let reason = match run.start_failure {
-                    Some(r) => {
+                    Some(r) if killed_by_us => {
                         let _ = self.transition(PhaseEvent::StartFailed { reason: r.clone() }).await;
                         r
                     }
-                    None => {
+                    _ => {
                         let _ = self.transition(PhaseEvent::Exited { exit }).await;
                         let said = tail_of(&self.paths.stderr_log, 2048);
                         format!("hypervisor {exit} before it booted; it said: {}", said.trim())
                     }
                 };
                 tracing::warn!(vm = %self.name, pid, %reason, "start failed");
-                for (_, w) in self.start_waiters.drain(..) {
-                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
-                }
                 if self.rollback {
                     self.delete_everything(me).await;
+                }
+                for (_, w) in self.start_waiters.drain(..) {
+                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
                 }
             }
             _ => {

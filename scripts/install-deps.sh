@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Paddock needs on a fresh machine (as root).
+# Idempotent: packages already installed are left alone, and the package
+# lists are refreshed only when something is missing.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86  # the hypervisor
+    qemu-utils       # qemu-img: the oracle of the disk tests
+    busybox-static   # the test guest's userland
+    cpio             # packs the test guest's initramfs
+    kmod             # depmod: orders the test guest's kernel modules
+    iproute2         # network namespaces for the network tests
+    nftables         # firewall rules of network leases
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    exit 0
+fi
+as_root=()
+[[ $EUID -eq 0 ]] || as_root=(sudo)
+echo "install-deps: installing ${missing[*]}" >&2
+"${as_root[@]}" apt-get update -qq >&2
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

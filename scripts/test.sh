@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: system packages, the test
+# guest (built from Debian packages), then every test of the workspace.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+scripts/build-test-guest.sh >/dev/null
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --nocapture 2>&1
