@@ -145,6 +145,11 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}"), None).await.map(drop)
     }
 
+    /// Asks the daemon to exit; with `stop_vms`, every VM is stopped first.
+    pub async fn shutdown(&self, stop_vms: bool, graceful_secs: u64) -> Result<serde_json::Value> {
+        self.json(Method::POST, &format!("/v1/shutdown?stop_vms={stop_vms}&timeout_secs={graceful_secs}"), None).await
+    }
+
     /// The console as a byte stream (backlog, then live output if `follow`).
     pub async fn console(&self, name: &str, follow: bool) -> Result<Incoming> {
         self.stream(&format!("/v1/vms/{name}/console?follow={follow}")).await

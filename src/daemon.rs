@@ -18,6 +18,8 @@ pub struct ServeOptions {
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let mut cfg = RuntimeConfig::new(&opts.state_dir, &opts.run_dir);
     cfg.qemu_binary = opts.qemu_binary.clone();
     cfg.control_timeout = opts.control_timeout;
@@ -29,9 +31,31 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             return Err(anyhow::Error::new(e).context("cannot start the runtime"));
         }
     };
-    tracing::info!(socket = ?opts.socket, state_dir = ?opts.state_dir, run_dir = ?opts.run_dir, "paddock serving");
+    let report = runtime.recovery_report();
+    tracing::info!(
+        socket = ?opts.socket,
+        adopted = report.adopted.len(),
+        lost = report.lost.len(),
+        rolled_back = report.rolled_back.len(),
+        orphans_stopped = report.orphans_stopped.len(),
+        "paddock serving"
+    );
+    // READY=1 only now: every recorded VM is adopted or handled.
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    let watchdog = start_watchdog(runtime.clone());
     let app = crate::api::router(runtime.clone());
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    let rt2 = runtime.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = rt2.exit_requested() => tracing::info!("shutdown requested through the API"),
+        }
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     served.context("API server failed")?;
     // Leaves VMs running (their processes are in their own sessions).
@@ -41,6 +65,37 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     tracing::info!("paddock stopped; VMs keep running");
     Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only when the
+/// registry answers: a wedged actor system stops the pings and systemd
+/// restarts the daemon (VMs keep running and are re-adopted).
+fn start_watchdog(runtime: Arc<Runtime>) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = Duration::from_micros(usec) / 2;
+    tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if runtime.ping(period).await {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("registry did not answer the watchdog ping");
+            }
+        }
+    }))
 }
 
 /// Binds the API socket (mode 0660). A socket file nobody listens on is a

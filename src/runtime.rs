@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use paddock_actors::qemu::QemuBackend;
 use paddock_actors::vm::VmMessage;
 use paddock_actors::{
-    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RegistryActor, RegistryArgs, RegistryMessage, Result,
-    StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
+    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
+    Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
 };
 
 /// Where state lives and how hypervisors are reached.
@@ -48,6 +48,8 @@ pub struct Runtime {
     board: StatusBoard,
     events: EventBus,
     config: RuntimeConfig,
+    recovery: RecoveryReport,
+    exit: Arc<tokio::sync::Notify>,
 }
 
 impl Runtime {
@@ -58,6 +60,7 @@ impl Runtime {
             create_private_dir(dir)?;
         }
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
         let events = EventBus::new(store.clone());
         let board = StatusBoard::default();
@@ -71,11 +74,50 @@ impl Runtime {
             backends: Backends { qemu: Some(qemu), cloud_hypervisor: None },
             control_timeout: config.control_timeout,
             records,
+            recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot start the registry: {e}")))?;
-        Ok(Runtime { registry, registry_task, board, events, config })
+        // Every VM's recovery has its own deadline inside; this one only
+        // guards against a registry that died before reporting.
+        let recovery = tokio::time::timeout(config.control_timeout + Duration::from_secs(60), rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default() })
+    }
+
+    /// What the start-up recovery found: adopted, lost and rolled-back VMs,
+    /// stopped orphans.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// True if the registry serves its mailbox within `timeout` (the
+    /// daemon's watchdog pings only then, so a wedged registry gets the
+    /// daemon restarted by systemd).
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        matches!(self.registry.call(RegistryMessage::Ping, Some(timeout)).await, Ok(ractor::rpc::CallResult::Success(())))
+    }
+
+    /// Stops every VM concurrently through the ladder.
+    pub async fn stop_all(&self, graceful: Duration) -> Vec<(String, Result<StopOutcome>)> {
+        let names: Vec<String> = self.list().into_iter().map(|v| v.name).collect();
+        let stops = names.iter().map(|n| self.stop(n, graceful));
+        let outcomes = futures::future::join_all(stops).await;
+        names.into_iter().zip(outcomes).collect()
+    }
+
+    /// Asks the embedding program (the daemon) to exit.
+    pub fn request_exit(&self) {
+        self.exit.notify_one();
+    }
+
+    /// Resolves once `request_exit` was called.
+    pub async fn exit_requested(&self) {
+        self.exit.notified().await
     }
 
     pub fn config(&self) -> &RuntimeConfig {

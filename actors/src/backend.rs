@@ -56,6 +56,20 @@ pub struct LaunchPlan {
     pub marker: String,
 }
 
+/// The plan of a process we did not start (adopted after a supervisor
+/// restart): only its sockets and how to reach the guest matter; the argv
+/// is whatever the previous supervisor used.
+pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths) -> LaunchPlan {
+    LaunchPlan {
+        program: PathBuf::new(),
+        args: Vec::new(),
+        paths: paths.clone(),
+        accel: spec.accel,
+        guest_address: spec.network.forwards.iter().map(|f| format!("127.0.0.1:{}->{}", f.host, f.guest)).collect(),
+        marker: format!("paddock-{}", spec.name),
+    }
+}
+
 /// What the guest is doing, as the hypervisor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -117,6 +117,11 @@ impl Actor for ConsoleActor {
     async fn handle(&self, me: ActorRef<Self::Msg>, msg: ConsoleMessage, st: &mut ConsoleState) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsoleMessage::Output(data) => {
+                // Fault tests fail this actor on purpose to see it restarted alone.
+                #[cfg(feature = "failpoints")]
+                if fail::eval("console.output", |_| ()).is_some() {
+                    return Err("failpoint console.output".into());
+                }
                 st.take_output(&data);
                 let _ = st.live.send(data);
             }

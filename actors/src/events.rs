@@ -33,6 +33,15 @@ pub enum EventKind {
     /// A child actor failed and was restarted alone.
     ChildRestarted { child: String },
     GuestPanicked,
+    /// A supervisor restart found the VM's process alive and took it back.
+    Adopted { pid: i32 },
+    /// A supervisor restart found the VM's process gone.
+    Lost { reason: String },
+    /// The restart policy will start the VM again after `delay_ms`
+    /// (drawn from [0, bound_ms]).
+    RestartScheduled { attempt: u32, delay_ms: u64, bound_ms: u64 },
+    /// An orphan (a paddock process without a record) was stopped.
+    OrphanStopped { pid: i32, rung: String },
     Removed,
 }
 

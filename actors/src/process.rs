@@ -89,6 +89,13 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A pidfd registered with the reactor: readable once the process exits.
+pub fn watch_pidfd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and
+    // refers to the same pidfd for the AsyncFd's whole lifetime.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
 pub fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
     // SAFETY: pidfd_send_signal with a valid fd, a signal number, no
     // siginfo and no flags.
@@ -106,9 +113,17 @@ pub enum ProcessMessage {
 
 pub struct ProcessActor;
 
+/// How the exit is watched: our own child (exit status known) or an
+/// adopted process that a previous supervisor started (pidfd only; the
+/// kernel gives its exit status to its new parent, not to us).
+pub enum Watch {
+    Child(Spawned),
+    Adopted { pid: i32, pidfd: OwnedFd },
+}
+
 pub struct ProcessArgs {
     pub vm: ActorRef<VmMessage>,
-    pub spawned: Spawned,
+    pub watch: Watch,
 }
 
 pub struct ProcessState {
@@ -123,22 +138,36 @@ impl Actor for ProcessActor {
     type Arguments = ProcessArgs;
 
     async fn pre_start(&self, _me: ActorRef<Self::Msg>, args: ProcessArgs) -> Result<ProcessState, ActorProcessingErr> {
-        let Spawned { mut child, pid, pidfd } = args.spawned;
         let vm = args.vm;
-        let waiter = tokio::spawn(async move {
-            let exit = match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt as _;
-                    ExitInfo { code: status.code(), signal: status.signal() }
-                }
-                Err(e) => {
-                    tracing::error!(pid, error = %e, "waiting for the hypervisor failed");
-                    ExitInfo { code: None, signal: None }
-                }
-            };
-            tracing::info!(pid, %exit, "hypervisor exited");
-            let _ = vm.cast(VmMessage::ProcessExited { pid, exit });
-        });
+        let (pid, pidfd, waiter) = match args.watch {
+            Watch::Child(Spawned { mut child, pid, pidfd }) => {
+                let waiter = tokio::spawn(async move {
+                    let exit = match child.wait().await {
+                        Ok(status) => {
+                            use std::os::unix::process::ExitStatusExt as _;
+                            ExitInfo { code: status.code(), signal: status.signal() }
+                        }
+                        Err(e) => {
+                            tracing::error!(pid, error = %e, "waiting for the hypervisor failed");
+                            ExitInfo { code: None, signal: None }
+                        }
+                    };
+                    tracing::info!(pid, %exit, "hypervisor exited");
+                    let _ = vm.cast(VmMessage::ProcessExited { pid, exit });
+                });
+                (pid, pidfd, waiter)
+            }
+            Watch::Adopted { pid, pidfd } => {
+                // A pidfd becomes readable when the process exits.
+                let watched = watch_pidfd(pidfd.try_clone()?)?;
+                let waiter = tokio::spawn(async move {
+                    let _ = watched.readable().await;
+                    tracing::info!(pid, "adopted hypervisor exited");
+                    let _ = vm.cast(VmMessage::ProcessExited { pid, exit: ExitInfo { code: None, signal: None } });
+                });
+                (pid, pidfd, waiter)
+            }
+        };
         Ok(ProcessState { pid, pidfd, waiter })
     }
 

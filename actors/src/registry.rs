@@ -18,7 +18,8 @@ use crate::events::{EventBus, EventKind};
 use crate::spec::{BackendKind, VmSpec};
 use crate::store::{Desired, Store, VmRecord};
 use crate::vm::phase::VmPhase;
-use crate::vm::{VmActor, VmArgs, VmDeps, VmMessage, WaitFor};
+use crate::recovery::{self, Orphan};
+use crate::vm::{Recovery, VmActor, VmArgs, VmDeps, VmMessage, WaitFor};
 
 /// The hypervisors this runtime can drive.
 #[derive(Clone, Default)]
@@ -48,6 +49,20 @@ pub enum RegistryMessage {
     Route { name: String, msg: VmMessage },
     /// Sent by a VM actor that deleted its VM.
     Forget { name: String, id: ActorId },
+    /// Answers when the registry's mailbox is being served (watchdog).
+    Ping(RpcReplyPort<()>),
+}
+
+/// What the recovery after a supervisor start found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RecoveryReport {
+    pub adopted: Vec<String>,
+    pub lost: Vec<String>,
+    pub rolled_back: Vec<String>,
+    pub orphans_stopped: Vec<i32>,
+    pub dirs_removed: Vec<String>,
+    /// VMs whose recovery did not finish within its deadline.
+    pub unfinished: Vec<String>,
 }
 
 pub struct RegistryArgs {
@@ -58,6 +73,9 @@ pub struct RegistryArgs {
     pub backends: Backends,
     pub control_timeout: Duration,
     pub records: Vec<VmRecord>,
+    /// Receives the report once every recorded VM is adopted or handled
+    /// and orphans are stopped (the daemon sends READY=1 then).
+    pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
 }
 
 pub struct RegistryActor;
@@ -83,9 +101,11 @@ impl Actor for RegistryActor {
             control_timeout: a.control_timeout,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
+        let mut pass = RecoveryPass::default();
         for rec in a.records {
-            st.load(&me, rec).await;
+            st.load(&me, rec, &mut pass).await;
         }
+        st.finish_recovery(pass, a.recovered);
         Ok(st)
     }
 
@@ -107,6 +127,9 @@ impl Actor for RegistryActor {
                 }
                 None => msg.reply_not_found(&name),
             },
+            RegistryMessage::Ping(reply) => {
+                let _ = reply.send(());
+            }
             RegistryMessage::Forget { name, id } => {
                 if st.vms.get(&name).is_some_and(|v| v.get_id() == id) {
                     st.vms.remove(&name);
@@ -140,13 +163,15 @@ impl RegistryState {
         let backend = self.backends.get(spec.backend, &spec.name)?;
         // Checks every file before anything is written.
         backend.prepare(&spec, &RunPaths::new(&self.deps.run_dir, &spec.name))?;
+        crate::crash_point!("up.before-insert");
         self.deps.store.insert_vm(&spec, &VmPhase::Defined).await.map_err(|e| match self.vms.contains_key(&spec.name) {
             true => Error::AlreadyExists { name: spec.name.clone() },
             false => Error::Store(e),
         })?;
+        crate::crash_point!("up.after-insert");
         self.deps.events.publish(&spec.name, EventKind::Created, 0, None).await;
         let name = spec.name.clone();
-        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, backend, deps: self.deps.clone() };
+        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, backend, deps: self.deps.clone(), recovery: None };
         let vm = match Actor::spawn_linked(None, VmActor, args, me.get_cell()).await {
             Ok((vm, _)) => vm,
             Err(e) => {
@@ -173,15 +198,30 @@ impl RegistryState {
         Ok(())
     }
 
-    /// Brings a VM recorded in the database back under supervision.
-    async fn load(&mut self, me: &ActorRef<RegistryMessage>, rec: VmRecord) {
+    /// Brings a VM recorded in the database back under supervision,
+    /// deciding from the live process table (never from the record alone)
+    /// whether its hypervisor still runs.
+    async fn load(&mut self, me: &ActorRef<RegistryMessage>, rec: VmRecord, pass: &mut RecoveryPass) {
         let name = rec.spec.name.clone();
-        if rec.desired == Desired::Deleted {
-            // A removal was interrupted: finish it.
-            let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, &name).dir);
-            if let Err(e) = self.deps.store.delete_vm(&name).await {
-                tracing::error!(vm = %name, error = %e, "cannot finish an interrupted removal");
+        let open = match self.deps.store.open_run(&name).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(vm = %name, error = %e, "cannot read the VM's runs");
+                None
             }
+        };
+        let marker = format!("paddock-{name}");
+        let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker)));
+        if let Some((_, pid, Err(e))) = &verified {
+            // Not ours any more (or gone): never adopted, never signalled.
+            tracing::info!(vm = %name, pid, reason = %e, "recorded process not adopted");
+        }
+        let alive = matches!(verified, Some((_, _, Ok(_))));
+        // An interrupted removal, or an `up` that never saw its VM run and
+        // whose process is gone: roll the VM back entirely.
+        if rec.desired == Desired::Deleted || (rec.provisional && !alive) {
+            self.delete_record(&name).await;
+            pass.report.rolled_back.push(name);
             return;
         }
         let backend = match self.backends.get(rec.spec.backend, &name) {
@@ -191,17 +231,114 @@ impl RegistryState {
                 return;
             }
         };
-        let phase = if rec.phase.is_active() {
-            VmPhase::Failed { reason: format!("the supervisor restarted while the VM was {}", rec.phase.name()) }
-        } else {
-            rec.phase
+        let (recovery, wait) = match verified {
+            Some((run_id, pid, Ok(pidfd))) => {
+                pass.known_pids.push(pid);
+                pass.report.adopted.push(name.clone());
+                let (done, wait) = tokio::sync::oneshot::channel();
+                let stop = rec.desired == Desired::Stopped;
+                (Recovery::Adopt { run_id, pid, pidfd, provisional: rec.provisional, stop, done }, Some(wait))
+            }
+            Some((run_id, _, Err(e))) => {
+                pass.report.lost.push(name.clone());
+                let (done, wait) = tokio::sync::oneshot::channel();
+                (Recovery::Lost { reason: e.to_string(), run_id: Some(run_id), done }, Some(wait))
+            }
+            None if rec.phase.is_active() => {
+                pass.report.lost.push(name.clone());
+                let (done, wait) = tokio::sync::oneshot::channel();
+                (Recovery::Lost { reason: "no hypervisor run was recorded".into(), run_id: None, done }, Some(wait))
+            }
+            None => (Recovery::Idle { provisional: rec.provisional }, None),
         };
-        let args = VmArgs { spec: rec.spec, phase, generation: rec.generation, backend, deps: self.deps.clone() };
+        let args = VmArgs {
+            spec: rec.spec,
+            phase: rec.phase,
+            generation: rec.generation,
+            backend,
+            deps: self.deps.clone(),
+            recovery: Some(recovery),
+        };
         match Actor::spawn_linked(None, VmActor, args, me.get_cell()).await {
             Ok((vm, _)) => {
-                self.vms.insert(name, vm);
+                self.vms.insert(name.clone(), vm);
+                if let Some(w) = wait {
+                    pass.waits.push((name, w));
+                }
             }
             Err(e) => tracing::error!(vm = %name, error = %e, "cannot start the VM actor"),
         }
     }
+
+    async fn delete_record(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, name).dir);
+        if let Err(e) = self.deps.store.delete_vm(name).await {
+            tracing::error!(vm = %name, error = %e, "cannot finish rolling back the VM");
+        }
+        tracing::info!(vm = %name, "rolled back an interrupted up or rm");
+    }
+
+    /// In the background, so the registry serves requests meanwhile: stop
+    /// orphans, remove run directories nobody owns, wait for every VM's
+    /// recovery (each bounded by its own deadline), then report.
+    fn finish_recovery(&self, mut pass: RecoveryPass, report_to: Option<tokio::sync::oneshot::Sender<RecoveryReport>>) {
+        let deps = self.deps.clone();
+        let known: Vec<String> = self.vms.keys().cloned().collect();
+        let orphans = recovery::find_orphans(&deps.run_dir, &pass.known_pids);
+        tokio::spawn(async move {
+            let stops = orphans.iter().map(|o| stop_orphan(&deps, o));
+            pass.report.orphans_stopped = futures::future::join_all(stops).await;
+            pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &known);
+            let deadline = deps.control_timeout + Duration::from_secs(5);
+            let waits = pass.waits.into_iter().map(|(name, w)| async move {
+                match tokio::time::timeout(deadline, w).await {
+                    Ok(_) => None,
+                    Err(_) => Some(name),
+                }
+            });
+            pass.report.unfinished = futures::future::join_all(waits).await.into_iter().flatten().collect();
+            tracing::info!(
+                adopted = pass.report.adopted.len(),
+                lost = pass.report.lost.len(),
+                rolled_back = pass.report.rolled_back.len(),
+                orphans = pass.report.orphans_stopped.len(),
+                "recovery finished"
+            );
+            if let Some(tx) = report_to {
+                let _ = tx.send(pass.report);
+            }
+        });
+    }
+}
+
+#[derive(Default)]
+struct RecoveryPass {
+    known_pids: Vec<i32>,
+    waits: Vec<(String, tokio::sync::oneshot::Receiver<()>)>,
+    report: RecoveryReport,
+}
+
+async fn stop_orphan(deps: &VmDeps, o: &Orphan) -> i32 {
+    let rung = recovery::stop_orphan(o, deps.control_timeout).await;
+    tracing::warn!(pid = o.pid, marker = %o.marker, rung, "stopped an orphan hypervisor (no record of it)");
+    let vm = o.marker.trim_start_matches("paddock-");
+    deps.events.publish(vm, EventKind::OrphanStopped { pid: o.pid, rung: rung.to_string() }, 0, None).await;
+    o.pid
+}
+
+/// Directories in the run dir that belong to no VM (left by a crash in the
+/// middle of a rollback or a removal).
+fn remove_unowned_dirs(run_dir: &std::path::Path, known: &[String]) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return removed };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok() {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => removed.push(name),
+                Err(err) => tracing::warn!(dir = ?e.path(), error = %err, "cannot remove an unowned run directory"),
+            }
+        }
+    }
+    removed
 }

@@ -42,6 +42,9 @@ pub struct VmRecord {
     pub desired: Desired,
     pub phase: VmPhase,
     pub generation: u64,
+    /// Created by an `up` that has not yet seen the VM run: if the
+    /// supervisor dies now, the next start rolls the VM back.
+    pub provisional: bool,
 }
 
 /// What the operator last asked for, written before acting on it.
@@ -122,6 +125,7 @@ impl Store {
                  desired TEXT NOT NULL,
                  phase TEXT NOT NULL,
                  generation INTEGER NOT NULL,
+                 provisional INTEGER NOT NULL DEFAULT 1,
                  created_ms INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS runs (
@@ -171,7 +175,7 @@ impl Store {
         let phase = serde_json::to_string(phase)?;
         self.with(move |c| {
             c.execute(
-                "INSERT INTO vms (name, spec, desired, phase, generation, created_ms) VALUES (?1, ?2, 'stopped', ?3, 0, ?4)",
+                "INSERT INTO vms (name, spec, desired, phase, generation, provisional, created_ms) VALUES (?1, ?2, 'stopped', ?3, 0, 1, ?4)",
                 params![name, spec, phase, now_ms()],
             )?;
             Ok(())
@@ -184,6 +188,16 @@ impl Store {
         let phase = serde_json::to_string(phase)?;
         self.with(move |c| {
             c.execute("UPDATE vms SET phase = ?2, generation = ?3 WHERE name = ?1", params![name, phase, generation as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The VM ran once: from now on it is kept across supervisor restarts.
+    pub async fn confirm(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.execute("UPDATE vms SET provisional = 0 WHERE name = ?1", params![name])?;
             Ok(())
         })
         .await
@@ -213,18 +227,19 @@ impl Store {
 
     pub async fn load_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT spec, desired, phase, generation FROM vms ORDER BY name")?;
+            let mut stmt = c.prepare("SELECT spec, desired, phase, generation, provisional FROM vms ORDER BY name")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (spec, desired, phase, generation) = row?;
+                let (spec, desired, phase, generation, provisional) = row?;
                 out.push(VmRecord {
                     spec: serde_json::from_str(&spec)?,
                     desired: Desired::parse(&desired),
                     phase: serde_json::from_str(&phase)?,
                     generation: generation as u64,
+                    provisional,
                 });
             }
             Ok(out)
@@ -336,6 +351,9 @@ mod tests {
         let rows = s.load_vms().await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].phase.clone(), rows[0].generation, rows[0].desired), (VmPhase::Running, 3, Desired::Running));
+        assert!(rows[0].provisional);
+        s.confirm("a").await.unwrap();
+        assert!(!s.load_vms().await.unwrap()[0].provisional);
         s.delete_vm("a").await.unwrap();
         assert!(s.load_vms().await.unwrap().is_empty());
     }

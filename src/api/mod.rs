@@ -13,6 +13,7 @@
 //! GET    /v1/vms/{name}/console?follow=         raw bytes
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
 //! GET    /v1/events?since=&follow=              NDJSON
+//! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
 //! ```
 
 mod console;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use crate::{Runtime, VmInfo, VmSpec};
 use error::ApiError;
-use types::{RemoveQuery, StartQuery, StopQuery};
+use types::{RemoveQuery, ShutdownQuery, StartQuery, StopQuery};
 
 pub type AppState = Arc<Runtime>;
 
@@ -46,6 +47,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/vms/{name}/console", get(console::follow))
         .route("/v1/vms/{name}/console/attach", get(console::attach))
         .route("/v1/events", get(events::stream))
+        .route("/v1/shutdown", post(shutdown))
         .with_state(runtime)
 }
 
@@ -84,6 +86,24 @@ async fn pause(State(rt): State<AppState>, Path(name): Path<String>) -> Result<J
 
 async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.resume(&name).await?))
+}
+
+/// Exits the daemon. VMs keep running (the next daemon re-adopts them)
+/// unless `stop_vms`, which first runs every VM's shutdown ladder.
+async fn shutdown(State(rt): State<AppState>, Query(q): Query<ShutdownQuery>) -> Json<serde_json::Value> {
+    let mut stopped = serde_json::Map::new();
+    if q.stop_vms.unwrap_or(false) {
+        let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
+        for (name, r) in rt.stop_all(graceful).await {
+            let v = match r {
+                Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            stopped.insert(name, v);
+        }
+    }
+    rt.request_exit();
+    Json(serde_json::json!({ "exiting": true, "stopped": stopped }))
 }
 
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, ApiError> {

@@ -31,6 +31,12 @@ pub struct RemoveQuery {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ShutdownQuery {
+    pub stop_vms: Option<bool>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ConsoleQuery {
     pub follow: Option<bool>,
 }

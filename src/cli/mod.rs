@@ -106,6 +106,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Stop the daemon. VMs keep running (the next daemon re-adopts them)
+    /// unless --stop-vms.
+    Shutdown {
+        #[arg(long)]
+        stop_vms: bool,
+        /// With --stop-vms: seconds each guest gets for ACPI.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Follow the event stream (NDJSON with --json).
     Events {
         #[arg(long, default_value_t = 0)]
@@ -221,6 +230,17 @@ async fn run(cli: Cli) -> i32 {
             client.remove(&name, force).await?;
             if !json {
                 println!("{name}: removed");
+            }
+            Ok(())
+        }
+        .await,
+        Command::Shutdown { stop_vms, timeout } => async {
+            let r = client.shutdown(stop_vms, timeout).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                let n = r["stopped"].as_object().map(|m| m.len()).unwrap_or(0);
+                println!("daemon exiting; {n} VM(s) stopped");
             }
             Ok(())
         }

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use super::messages::{StopOutcome, VmMessage, WaitFor};
 use super::phase::{self, ExitInfo, PhaseEvent, Rung, VmPhase};
+use super::restart::{Decision, RestartTracker};
 use crate::backend::{Backend, ControlEvent, GuestStatus, LaunchPlan, RunPaths};
 use crate::board::{StatusBoard, VmInfo};
 use crate::console::{ConsoleActor, ConsoleArgs, ConsoleFollow, ConsoleMessage, RING_BYTES};
 use crate::control::{ControlActor, ControlArgs, ControlCommand, ControlMessage};
 use crate::error::{Error, Result};
 use crate::events::{EventBus, EventKind};
-use crate::process::{self, ProcessActor, ProcessArgs, ProcessMessage};
+use crate::crash_point;
+use crate::process::{self, ProcessActor, ProcessArgs, ProcessMessage, Watch};
 use crate::registry::RegistryMessage;
 use crate::spec::{Accel, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
@@ -45,6 +47,18 @@ pub struct VmArgs {
     pub generation: u64,
     pub backend: Arc<dyn Backend>,
     pub deps: Arc<VmDeps>,
+    /// Set when the VM comes from the database after a supervisor restart.
+    pub recovery: Option<Recovery>,
+}
+
+/// What a supervisor restart found for a recorded VM.
+pub enum Recovery {
+    /// Nothing was running (the VM was stopped, or never started).
+    Idle { provisional: bool },
+    /// The recorded process is alive and verified; take it back.
+    Adopt { run_id: i64, pid: i32, pidfd: std::os::fd::OwnedFd, provisional: bool, stop: bool, done: tokio::sync::oneshot::Sender<()> },
+    /// The recorded process is gone; handle it as a crash.
+    Lost { reason: String, run_id: Option<i64>, done: tokio::sync::oneshot::Sender<()> },
 }
 
 pub struct VmActor;
@@ -59,6 +73,12 @@ struct Run {
     console: Option<ActorRef<ConsoleMessage>>,
     control_up: bool,
     ready: bool,
+    started: Instant,
+    /// The guest reported a panic (pvpanic): its end is a failure even if
+    /// the hypervisor exits 0.
+    panicked: bool,
+    /// The last SHUTDOWN event: Some(true) if the guest asked for it.
+    shutdown_by_guest: Option<bool>,
     /// Set when the start is abandoned (e.g. the control socket never
     /// answered); the exit that follows reports this reason.
     start_failure: Option<String>,
@@ -89,6 +109,14 @@ pub struct VmState {
     stopping: Option<Stopping>,
     stop_attempts: u64,
     accel: Option<Accel>,
+    restarts: RestartTracker,
+    /// Identifies the pending automatic restart; bumping it cancels it.
+    restart_token: u64,
+    /// An adopted VM whose operator had asked it to stop.
+    stop_after_adopt: bool,
+    /// Signalled once recovery of this VM finished (adopted or not).
+    recovered: Option<tokio::sync::oneshot::Sender<()>>,
+    recovery: Option<Recovery>,
 }
 
 impl Actor for VmActor {
@@ -116,14 +144,36 @@ impl Actor for VmActor {
             stopping: None,
             stop_attempts: 0,
             accel: None,
+            restarts: RestartTracker::default(),
+            restart_token: 0,
+            stop_after_adopt: false,
+            recovered: None,
+            recovery: a.recovery,
         };
         st.post_board();
         Ok(st)
     }
 
+    async fn post_start(&self, me: ActorRef<VmMessage>, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(r) = st.recovery.take() {
+            st.recover(&me, r).await;
+        }
+        Ok(())
+    }
+
     async fn handle(&self, me: ActorRef<VmMessage>, msg: VmMessage, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            VmMessage::Start { wait, rollback, reply } => st.on_start(&me, wait, rollback, reply).await,
+            VmMessage::Start { wait, rollback, reply } => {
+                // An operator's start ends any crash streak.
+                st.restarts.reset();
+                st.restart_token += 1;
+                st.on_start(&me, wait, rollback, Some(reply)).await
+            }
+            VmMessage::RestartNow { token } => {
+                if token == st.restart_token && !st.phase.is_active() {
+                    st.on_start(&me, WaitFor::Running, false, None).await;
+                }
+            }
             VmMessage::Stop { graceful, reply } => st.on_stop(&me, graceful, Some(reply), None).await,
             VmMessage::Pause { reply } => st.on_pause(&me, true, reply),
             VmMessage::Resume { reply } => st.on_pause(&me, false, reply),
@@ -191,6 +241,38 @@ impl Actor for VmActor {
 }
 
 impl Run {
+    fn new(pid: i32, run_id: Option<i64>, plan: LaunchPlan, process: ActorRef<ProcessMessage>) -> Self {
+        Run {
+            pid,
+            run_id,
+            plan,
+            process,
+            control: None,
+            console: None,
+            control_up: false,
+            ready: false,
+            started: Instant::now(),
+            panicked: false,
+            shutdown_by_guest: None,
+            start_failure: None,
+        }
+    }
+
+    /// Whether the end of this run counts against the restart policy: a
+    /// panic always does; a shutdown the guest asked for never does; a
+    /// shutdown from the host outside our ladder (someone's SIGTERM) does;
+    /// otherwise the exit status decides (unknown for adopted processes,
+    /// which then count as failures).
+    fn is_failure(&self, exit: &ExitInfo) -> bool {
+        if self.panicked {
+            return true;
+        }
+        match self.shutdown_by_guest {
+            Some(guest) => !guest,
+            None => !exit.is_clean(),
+        }
+    }
+
     fn stop_children(&self) {
         self.process.stop(None);
         if let Some(c) = &self.control {
@@ -245,21 +327,37 @@ impl VmState {
 
     // ---------------------------------------------------------------- start
 
-    async fn on_start(&mut self, me: &ActorRef<VmMessage>, wait: WaitFor, rollback: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+    /// `reply` is None for a start by the restart policy.
+    async fn on_start(&mut self, me: &ActorRef<VmMessage>, wait: WaitFor, rollback: bool, reply: Option<RpcReplyPort<Result<VmInfo>>>) {
         if let Err(d) = phase::next(&self.phase, &PhaseEvent::StartRequested) {
-            let _ = reply.send(Err(self.conflict(d.to_string())));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(self.conflict(d.to_string())));
+            }
             return;
         }
         self.rollback = rollback;
         match self.begin_start(me).await {
-            Ok(()) => self.start_waiters.push((wait, reply)),
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    self.start_waiters.push((wait, reply));
+                }
+            }
             Err(e) => {
                 // Roll back before answering: whoever reads the answer must
                 // find nothing of the VM left.
                 if self.rollback {
                     self.delete_everything(me).await;
                 }
-                let _ = reply.send(Err(e));
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    None => {
+                        let reason = format!("automatic restart failed: {e}");
+                        tracing::error!(vm = %self.name, %reason, "restart policy gives up");
+                        let _ = self.transition(PhaseEvent::GaveUp { reason }).await;
+                    }
+                }
             }
         }
     }
@@ -268,6 +366,7 @@ impl VmState {
         self.deps.store.set_desired(&self.name, Desired::Running).await?;
         let plan = self.backend.prepare(&self.spec, &self.paths)?;
         std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
+        crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM
         // (whose process is gone, or we would not be starting) are stale.
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
@@ -283,6 +382,7 @@ impl VmState {
             }
         };
         let pid = spawned.pid;
+        crash_point!("start.after-spawn");
         tracing::info!(vm = %self.name, pid, accel = ?plan.accel, "hypervisor started");
         self.accel = Some(plan.accel);
         let record = RunRecord {
@@ -299,20 +399,11 @@ impl VmState {
                 None
             }
         };
-        let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), spawned }, me.get_cell())
+        crash_point!("start.after-run-recorded");
+        let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) }, me.get_cell())
             .await
             .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
-        self.run = Some(Run {
-            pid,
-            run_id,
-            plan,
-            process,
-            control: None,
-            console: None,
-            control_up: false,
-            ready: false,
-            start_failure: None,
-        });
+        self.run = Some(Run::new(pid, run_id, plan, process));
         self.spawn_control(me).await;
         self.post_board();
         Ok(())
@@ -351,16 +442,28 @@ impl VmState {
     async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
         let Some(run) = self.run.as_mut() else { return };
         run.control_up = true;
-        if self.phase != VmPhase::Starting {
-            return; // a restarted Control actor reconnected
+        let need_console = run.console.is_none();
+        if need_console {
+            self.spawn_console(me).await;
         }
-        let _ = self.transition(PhaseEvent::Booted).await;
-        if status == GuestStatus::Paused {
+        if self.phase == VmPhase::Starting {
+            crash_point!("start.before-running");
+            let _ = self.transition(PhaseEvent::Booted).await;
+            if self.rollback {
+                if let Err(e) = self.deps.store.confirm(&self.name).await {
+                    tracing::error!(vm = %self.name, error = %e, "cannot confirm the VM");
+                }
+            }
+            self.rollback = false;
+        }
+        if status == GuestStatus::Paused && self.phase == VmPhase::Running {
             let _ = self.transition(PhaseEvent::PauseObserved).await;
         }
-        self.rollback = false;
-        self.spawn_console(me).await;
         self.post_board();
+        self.finish_recovery();
+        if std::mem::take(&mut self.stop_after_adopt) {
+            self.on_stop(me, Duration::ZERO, None, None).await;
+        }
         let no_pattern = self.ready_pattern.is_none();
         let info = self.info();
         let waiters = std::mem::take(&mut self.start_waiters);
@@ -376,11 +479,20 @@ impl VmState {
     fn on_control_failed(&mut self, error: String) {
         let Some(run) = self.run.as_mut() else { return };
         tracing::warn!(vm = %self.name, pid = run.pid, %error, "control channel failed");
-        if self.phase == VmPhase::Starting {
+        if self.phase == VmPhase::Starting && self.recovered.is_none() {
             // It never answered: nothing graceful is possible. Kill it; the
             // exit notice completes the failed start.
             run.start_failure = Some(format!("control socket: {error}"));
             run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
+        }
+        // An adopted VM whose control socket does not answer keeps running
+        // (the ladder can still end it with signals); recovery is over.
+        self.finish_recovery();
+    }
+
+    fn finish_recovery(&mut self) {
+        if let Some(done) = self.recovered.take() {
+            let _ = done.send(());
         }
     }
 
@@ -412,12 +524,15 @@ impl VmState {
                 tracing::error!(vm = %self.name, error = %e, "cannot record run end");
             }
         }
+        self.remove_stale_sockets();
+        let failure = run.is_failure(&exit);
+        let uptime = run.started.elapsed();
         match self.phase.clone() {
             VmPhase::Stopping { .. } => {
-                let _ = self.transition(PhaseEvent::Exited { exit }).await;
+                let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
                 self.finish_stop(me, exit).await;
             }
-            VmPhase::Starting => {
+            VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() => {
                 // Killed by us because control never answered, or ended by
                 // itself (then its own words on stderr say why).
                 let killed_by_us = run.start_failure.is_some() && exit.signal == Some(libc::SIGKILL);
@@ -427,7 +542,7 @@ impl VmState {
                         r
                     }
                     _ => {
-                        let _ = self.transition(PhaseEvent::Exited { exit }).await;
+                        let _ = self.transition(PhaseEvent::Exited { exit, failure: true }).await;
                         let said = tail_of(&self.paths.stderr_log, 2048);
                         format!("hypervisor {exit} before it booted; it said: {}", said.trim())
                     }
@@ -441,13 +556,94 @@ impl VmState {
                 }
             }
             _ => {
-                let _ = self.transition(PhaseEvent::Exited { exit }).await;
-                if matches!(self.phase, VmPhase::Crashed { .. }) {
-                    tracing::warn!(vm = %self.name, pid, %exit, "hypervisor crashed");
+                let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
+                if failure {
+                    tracing::warn!(vm = %self.name, pid, %exit, panicked = run.panicked, "hypervisor crashed");
                 }
                 let reason = format!("the VM ended ({exit}) before it was ready");
                 for (_, w) in self.start_waiters.drain(..) {
                     let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
+                }
+                self.apply_policy(me, failure, uptime).await;
+            }
+        }
+    }
+
+    /// After an end nobody asked for: restart later, give up, or stay.
+    async fn apply_policy(&mut self, me: &ActorRef<VmMessage>, failure: bool, uptime: Duration) {
+        let decision = self.restarts.decide(&self.spec.restart, failure, uptime, Instant::now(), fastrand::f64());
+        match decision {
+            Decision::Stay => {}
+            Decision::Restart { delay, attempt, bound } => {
+                self.restart_token += 1;
+                let token = self.restart_token;
+                tracing::info!(vm = %self.name, attempt, delay_ms = delay.as_millis() as u64, "restart scheduled");
+                let kind = EventKind::RestartScheduled { attempt, delay_ms: delay.as_millis() as u64, bound_ms: bound.as_millis() as u64 };
+                self.deps.events.publish(&self.name, kind, self.generation, None).await;
+                me.send_after(delay, move || VmMessage::RestartNow { token });
+            }
+            Decision::GiveUp { reason } => {
+                tracing::warn!(vm = %self.name, %reason, "restart policy gives up");
+                let _ = self.transition(PhaseEvent::GaveUp { reason }).await;
+            }
+        }
+    }
+
+    fn remove_stale_sockets(&self) {
+        for p in [&self.paths.control_socket, &self.paths.serial_socket] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    // ------------------------------------------------------------- recovery
+
+    /// Takes a recorded VM back after a supervisor restart.
+    async fn recover(&mut self, me: &ActorRef<VmMessage>, r: Recovery) {
+        match r {
+            Recovery::Idle { .. } => {
+                // Nothing runs: sockets of the last run are stale.
+                self.remove_stale_sockets();
+            }
+            Recovery::Adopt { run_id, pid, pidfd, provisional, stop, done } => {
+                crash_point!("adopt.after-verify");
+                self.recovered = Some(done);
+                self.rollback = provisional;
+                // A stop in progress is finished from the quit rung: how
+                // long the guest already had for ACPI is unknown.
+                if matches!(self.phase, VmPhase::Stopping { .. }) {
+                    self.phase = VmPhase::Running;
+                }
+                self.stop_after_adopt = stop;
+                let plan = crate::backend::adoption_plan(&self.spec, &self.paths);
+                let watch = Watch::Adopted { pid, pidfd };
+                let process = match Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch }, me.get_cell()).await {
+                    Ok((p, _)) => p,
+                    Err(e) => {
+                        tracing::error!(vm = %self.name, pid, error = %e, "cannot watch the adopted process");
+                        self.finish_recovery();
+                        return;
+                    }
+                };
+                tracing::info!(vm = %self.name, pid, "adopted");
+                self.run = Some(Run::new(pid, Some(run_id), plan, process));
+                self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
+                self.spawn_control(me).await;
+                self.post_board();
+            }
+            Recovery::Lost { reason, run_id, done } => {
+                tracing::warn!(vm = %self.name, %reason, "recorded process is gone");
+                self.deps.events.publish(&self.name, EventKind::Lost { reason: reason.clone() }, self.generation, Some(reason)).await;
+                let exit = ExitInfo { code: None, signal: None };
+                if let Some(id) = run_id {
+                    let _ = self.deps.store.end_run(id, &exit).await;
+                }
+                self.remove_stale_sockets();
+                // It died while we were away: a crash, unless it was being
+                // stopped, in which case the stop is complete.
+                let _ = self.transition(PhaseEvent::Exited { exit, failure: true }).await;
+                let _ = done.send(());
+                if matches!(self.phase, VmPhase::Crashed { .. }) {
+                    self.apply_policy(me, true, Duration::ZERO).await;
                 }
             }
         }
@@ -476,6 +672,12 @@ impl VmState {
             return;
         }
         if !self.phase.is_active() {
+            // A stop also cancels an automatic restart that is pending.
+            self.restart_token += 1;
+            self.restarts.reset();
+            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
+                tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
+            }
             let outcome = StopOutcome { rung: None, exit: None, phase: self.phase.clone(), elapsed_ms: 0 };
             if let Some(r) = reply {
                 let _ = r.send(Ok(outcome));
@@ -488,6 +690,7 @@ impl VmState {
         if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
             tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
         }
+        crash_point!("stop.after-intent");
         let control_up = self.run.as_ref().is_some_and(|r| r.control_up);
         // ACPI needs a booted guest with running vCPUs; a paused guest would
         // never see the button, and one that never booted has no ACPI yet.
@@ -621,7 +824,15 @@ impl VmState {
             }
             ControlEvent::GuestPanicked => {
                 tracing::warn!(vm = %self.name, ?pid, "guest panicked");
+                if let Some(run) = self.run.as_mut() {
+                    run.panicked = true;
+                }
                 self.deps.events.publish(&self.name, EventKind::GuestPanicked, self.generation, None).await;
+            }
+            ControlEvent::Shutdown { guest } => {
+                if let Some(run) = self.run.as_mut() {
+                    run.shutdown_by_guest = Some(guest);
+                }
             }
             _ => {}
         }
@@ -659,12 +870,15 @@ impl VmState {
     /// finishes removing.
     async fn delete_files_and_rows(&mut self) -> Result<()> {
         self.deps.store.set_desired(&self.name, Desired::Deleted).await?;
+        crash_point!("rm.after-intent");
         match std::fs::remove_dir_all(&self.paths.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
         }
+        crash_point!("rm.after-dir");
         self.deps.store.delete_vm(&self.name).await?;
+        crash_point!("rm.after-rows");
         Ok(())
     }
 

@@ -58,6 +58,9 @@ pub enum VmMessage {
     ControlFailed { error: String },
     Control(ControlEvent),
     ConsoleReady,
+    /// The restart policy's timer: start again unless `token` is stale
+    /// (an operator's start, stop or remove cancels it).
+    RestartNow { token: u64 },
     /// The wait of `rung` (in stop attempt `attempt`) ran out.
     LadderTimeout { attempt: u64, rung: Rung },
     /// The action of `rung` failed; escalate without waiting.

@@ -5,7 +5,8 @@
 
 mod actor;
 mod messages;
+pub mod restart;
 pub mod phase;
 
-pub use actor::{VmActor, VmArgs, VmDeps, RUNG_WAIT};
+pub use actor::{Recovery, VmActor, VmArgs, VmDeps, RUNG_WAIT};
 pub use messages::{StopOutcome, VmMessage, WaitFor};

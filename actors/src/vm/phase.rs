@@ -6,9 +6,11 @@
 //!                                                +------ stop --------+--------- stop ---------+
 //!                                                                     v
 //!                                          Stopping{Acpi -> Quit -> Term -> Kill} --exited--> Stopped{rung}
-//!   Starting/Running/Paused --exited (signal or non-zero code)--> Crashed{exit}
-//!   Starting/Running/Paused --exited cleanly (guest powered off)--> Stopped{rung: none}
+//!   Starting/Running/Paused --exited: failure (signal, code, panic)--> Crashed{exit}
+//!   Starting/Running/Paused --exited: orderly (guest powered off)--> Stopped{rung: none}
 //!   Starting --start failed (control never answered)--> Failed{reason}
+//!   Crashed/Stopped --restart policy gave up--> Failed{reason}
+//!   Crashed/Stopped --restart policy: start--> Starting
 //! ```
 //!
 //! No I/O here: the VM actor turns messages into events, calls `next`, and
@@ -124,7 +126,11 @@ pub enum PhaseEvent {
     ResumeObserved,
     StopRequested { first: Rung },
     Escalated { to: Rung },
-    Exited { exit: ExitInfo },
+    /// `failure`: the hypervisor died or the guest panicked, as opposed to
+    /// an orderly end (the guest powered itself off).
+    Exited { exit: ExitInfo, failure: bool },
+    /// The restart policy gave up (too many crashes in the window).
+    GaveUp { reason: String },
 }
 
 /// A request that the current phase does not allow, in words for the user.
@@ -152,11 +158,10 @@ pub fn next(phase: &VmPhase, event: &PhaseEvent) -> Result<VmPhase, Denied> {
         (P::Paused, E::ResumeObserved) => P::Running,
         (P::Starting | P::Running | P::Paused, E::StopRequested { first }) => P::Stopping { rung: *first },
         (P::Stopping { rung }, E::Escalated { to }) if to > rung => P::Stopping { rung: *to },
-        (P::Stopping { rung }, E::Exited { exit }) => P::Stopped { rung: Some(*rung), exit: Some(*exit) },
-        (P::Starting | P::Running | P::Paused, E::Exited { exit }) if exit.is_clean() => {
-            P::Stopped { rung: None, exit: Some(*exit) }
-        }
-        (P::Starting | P::Running | P::Paused, E::Exited { exit }) => P::Crashed { exit: *exit },
+        (P::Stopping { rung }, E::Exited { exit, .. }) => P::Stopped { rung: Some(*rung), exit: Some(*exit) },
+        (P::Starting | P::Running | P::Paused, E::Exited { exit, failure: false }) => P::Stopped { rung: None, exit: Some(*exit) },
+        (P::Starting | P::Running | P::Paused, E::Exited { exit, failure: true }) => P::Crashed { exit: *exit },
+        (P::Crashed { .. } | P::Stopped { .. }, E::GaveUp { reason }) => P::Failed { reason: reason.clone() },
         _ => return Err(deny()),
     })
 }
@@ -171,6 +176,7 @@ fn event_words(e: &PhaseEvent) -> String {
         PhaseEvent::StopRequested { .. } => "stop".into(),
         PhaseEvent::Escalated { to } => format!("escalate to {}", to.as_str()),
         PhaseEvent::Exited { .. } => "record an exit".into(),
+        PhaseEvent::GaveUp { .. } => "give up restarting".into(),
     }
 }
 
@@ -199,7 +205,7 @@ mod tests {
         let p = next(&VmPhase::Defined, &PhaseEvent::StartRequested).unwrap();
         let p = next(&p, &PhaseEvent::Booted).unwrap();
         let p = next(&p, &PhaseEvent::StopRequested { first: Rung::Acpi }).unwrap();
-        let p = next(&p, &PhaseEvent::Exited { exit: CLEAN }).unwrap();
+        let p = next(&p, &PhaseEvent::Exited { exit: CLEAN, failure: false }).unwrap();
         assert_eq!(p, VmPhase::Stopped { rung: Some(Rung::Acpi), exit: Some(CLEAN) });
     }
 
@@ -212,14 +218,24 @@ mod tests {
     }
 
     #[test]
-    fn signal_exit_is_a_crash_and_clean_exit_is_a_stop() {
-        assert_eq!(next(&VmPhase::Running, &PhaseEvent::Exited { exit: KILLED }).unwrap(), VmPhase::Crashed { exit: KILLED });
+    fn failure_exit_is_a_crash_and_orderly_exit_is_a_stop() {
+        assert_eq!(next(&VmPhase::Running, &PhaseEvent::Exited { exit: KILLED, failure: true }).unwrap(), VmPhase::Crashed { exit: KILLED });
         let code1 = ExitInfo { code: Some(1), signal: None };
-        assert_eq!(next(&VmPhase::Starting, &PhaseEvent::Exited { exit: code1 }).unwrap(), VmPhase::Crashed { exit: code1 });
+        assert_eq!(next(&VmPhase::Starting, &PhaseEvent::Exited { exit: code1, failure: true }).unwrap(), VmPhase::Crashed { exit: code1 });
         assert_eq!(
-            next(&VmPhase::Paused, &PhaseEvent::Exited { exit: CLEAN }).unwrap(),
+            next(&VmPhase::Paused, &PhaseEvent::Exited { exit: CLEAN, failure: false }).unwrap(),
             VmPhase::Stopped { rung: None, exit: Some(CLEAN) }
         );
+        // A panicked guest whose hypervisor exits 0 is still a crash.
+        assert_eq!(next(&VmPhase::Running, &PhaseEvent::Exited { exit: CLEAN, failure: true }).unwrap(), VmPhase::Crashed { exit: CLEAN });
+    }
+
+    #[test]
+    fn giving_up_is_only_possible_after_an_end() {
+        for p in all_phases() {
+            let ok = next(&p, &PhaseEvent::GaveUp { reason: "x".into() }).is_ok();
+            assert_eq!(ok, matches!(p, VmPhase::Crashed { .. } | VmPhase::Stopped { .. }), "{p:?}");
+        }
     }
 
     #[test]
@@ -233,7 +249,7 @@ mod tests {
     #[test]
     fn exits_are_only_recorded_while_a_process_exists() {
         for p in all_phases() {
-            let r = next(&p, &PhaseEvent::Exited { exit: KILLED });
+            let r = next(&p, &PhaseEvent::Exited { exit: KILLED, failure: true });
             assert_eq!(r.is_ok(), p.is_active(), "{p:?}");
         }
     }

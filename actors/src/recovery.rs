@@ -1,0 +1,183 @@
+//! What a supervisor restart needs: deciding whether a recorded hypervisor
+//! process is still the one we started, and finding the ones we did not
+//! record (orphans).
+//!
+//! A process is adopted only if its pid, its start time (/proc/PID/stat),
+//! the host's boot id and its marker (`-name paddock-NAME`) all match the
+//! record: pids are reused, and a process that merely has the same pid is
+//! neither adopted nor touched.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::{boot_id, pidfd_open, pidfd_signal, process_start_time};
+use crate::store::RunRecord;
+
+/// Why a recorded run cannot be adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdoptable {
+    #[error("process {pid} is gone")]
+    Gone { pid: i32 },
+    #[error("the host rebooted since the run was recorded")]
+    Rebooted,
+    #[error("pid {pid} now belongs to another process (start time {found}, recorded {recorded})")]
+    PidReused { pid: i32, found: u64, recorded: u64 },
+    #[error("pid {pid} does not carry the marker {marker}")]
+    NotOurs { pid: i32, marker: String },
+}
+
+/// The argv of a live process, or None if it is gone (or a zombie).
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+}
+
+fn has_marker(argv: &[String], marker: &str) -> bool {
+    argv.windows(2).any(|w| w[0] == "-name" && (w[1] == marker || w[1].starts_with(&format!("{marker},"))))
+}
+
+/// Checks the recorded run against the live process table and, if it
+/// matches, returns a pidfd for it. The identity is checked again after the
+/// pidfd is open, so the pidfd cannot refer to a process that replaced the
+/// recorded one in between.
+pub fn verify(run: &RunRecord, marker: &str) -> Result<OwnedFd, NotAdoptable> {
+    let pid = run.pid;
+    if boot_id().ok().as_deref() != Some(run.boot_id.as_str()) {
+        return Err(NotAdoptable::Rebooted);
+    }
+    let check = || -> Result<(), NotAdoptable> {
+        let found = process_start_time(pid).map_err(|_| NotAdoptable::Gone { pid })?;
+        if found != run.start_time {
+            return Err(NotAdoptable::PidReused { pid, found, recorded: run.start_time });
+        }
+        let argv = cmdline(pid).ok_or(NotAdoptable::Gone { pid })?;
+        if !has_marker(&argv, marker) {
+            return Err(NotAdoptable::NotOurs { pid, marker: marker.to_string() });
+        }
+        Ok(())
+    };
+    check()?;
+    let fd = pidfd_open(pid).map_err(|_| NotAdoptable::Gone { pid })?;
+    check()?;
+    Ok(fd)
+}
+
+/// A live process that carries the paddock marker, belongs to this run
+/// directory, and is not supervised.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub pid: i32,
+    pub marker: String,
+    pub qmp: Option<PathBuf>,
+}
+
+/// Processes named `paddock-*` whose argv mentions `run_dir`, minus
+/// `known` (the adopted ones). Other daemons' VMs (other run dirs) are
+/// not ours to judge.
+pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
+    let needle = format!("{}/", run_dir.display());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if known.contains(&pid) {
+            continue;
+        }
+        let Some(argv) = cmdline(pid) else { continue };
+        let Some(marker) = argv.windows(2).find(|w| w[0] == "-name" && w[1].starts_with("paddock-")).map(|w| w[1].clone()) else {
+            continue;
+        };
+        if !argv.iter().any(|a| a.contains(&needle)) {
+            continue;
+        }
+        let qmp = argv
+            .windows(2)
+            .find(|w| w[0] == "-qmp")
+            .and_then(|w| w[1].strip_prefix("unix:").map(|s| PathBuf::from(s.split(',').next().unwrap_or(s))));
+        out.push(Orphan { pid, marker, qmp });
+    }
+    out
+}
+
+/// Stops an orphan through the ladder's non-guest rungs: QMP quit, then
+/// SIGTERM, then SIGKILL, each with a bounded wait. Returns the rung that
+/// ended it.
+pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str {
+    let Ok(fd) = pidfd_open(o.pid) else { return "gone" };
+    // Same identity check as adoption: the pidfd must be the process we saw.
+    if !cmdline(o.pid).is_some_and(|a| has_marker(&a, &o.marker)) {
+        return "gone";
+    }
+    let fd = match crate::process::watch_pidfd(fd) {
+        Ok(fd) => fd,
+        Err(_) => return "gone",
+    };
+    let wait = |d: Duration| {
+        let fd = &fd;
+        async move { tokio::time::timeout(d, fd.readable()).await.is_ok() }
+    };
+    if let Some(qmp) = &o.qmp {
+        if let Ok(mut c) = crate::qemu::qmp::QmpClient::connect(qmp, control_timeout).await {
+            let _ = c.execute("quit", None).await;
+            if wait(Duration::from_secs(5)).await {
+                return "quit";
+            }
+        }
+    }
+    let _ = pidfd_signal(fd.get_ref(), libc::SIGTERM);
+    if wait(Duration::from_secs(5)).await {
+        return "sigterm";
+    }
+    let _ = pidfd_signal(fd.get_ref(), libc::SIGKILL);
+    wait(Duration::from_secs(5)).await;
+    "sigkill"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pid: i32, start_time: u64) -> RunRecord {
+        RunRecord {
+            vm: "x".into(),
+            pid,
+            start_time,
+            boot_id: boot_id().unwrap(),
+            paths: crate::backend::RunPaths::new(Path::new("/run/x"), "x"),
+        }
+    }
+
+    #[test]
+    fn a_process_without_the_marker_is_not_adopted() {
+        let me = std::process::id() as i32;
+        let st = process_start_time(me).unwrap();
+        assert!(matches!(verify(&record(me, st), "paddock-x"), Err(NotAdoptable::NotOurs { .. })));
+    }
+
+    #[test]
+    fn a_different_start_time_is_pid_reuse() {
+        let me = std::process::id() as i32;
+        let st = process_start_time(me).unwrap();
+        assert!(matches!(verify(&record(me, st + 1), "paddock-x"), Err(NotAdoptable::PidReused { .. })));
+    }
+
+    #[test]
+    fn another_boot_is_never_adopted() {
+        let mut r = record(1, 1);
+        r.boot_id = "00000000-0000-0000-0000-000000000000".into();
+        assert_eq!(verify(&r, "paddock-x").unwrap_err(), NotAdoptable::Rebooted);
+    }
+
+    #[test]
+    fn marker_must_be_an_exact_name_argument() {
+        let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(has_marker(&argv("qemu -name paddock-web -m 1"), "paddock-web"));
+        assert!(!has_marker(&argv("qemu -name paddock-web2 -m 1"), "paddock-web"));
+        assert!(!has_marker(&argv("qemu paddock-web"), "paddock-web"));
+    }
+}
