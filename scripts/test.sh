@@ -6,5 +6,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
 scripts/build-test-guest.sh >/dev/null
-cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --nocapture 2>&1
+cargo build --workspace --all-targets --all-features --locked
+cargo test --workspace --all-features --locked -- --nocapture 2>&1

@@ -124,6 +124,49 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("daemon did not come up: {e}\n{}", self.log()));
     }
 
+    /// Runs `paddock serve` in this daemon's directories expecting it to
+    /// refuse to start; returns its exit code and output.
+    pub fn serve_expecting_failure(&self) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .arg("--socket")
+            .arg(self.client.socket())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run paddock serve");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Like `serve_expecting_failure`, with this daemon's extra env.
+    pub fn serve_expecting_failure_with_env(&self) -> (i32, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paddock"));
+        cmd.arg("--socket")
+            .arg(self.client.socket())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(&self.args)
+            .stdin(Stdio::null());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run paddock serve");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Waits for the daemon process to exit by itself (e.g. at a failpoint).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        c.wait().expect("wait daemon")
+    }
+
     /// SIGKILL the daemon (VMs keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -172,6 +215,26 @@ impl Drop for Daemon {
             eprintln!("---- daemon log ----\n{}", self.log());
         }
     }
+}
+
+/// Fake hypervisor flags for `Daemon::start_with`.
+pub fn fake_qemu() -> &'static str {
+    env!("CARGO_BIN_EXE_paddock-fake-qemu")
+}
+
+/// A spec for the fake hypervisor (it ignores the kernel's contents).
+pub fn fake_spec(d: &Daemon, name: &str) -> VmSpec {
+    let kernel = d.dir.path().join("kernel");
+    if !kernel.exists() {
+        std::fs::write(&kernel, b"fake").expect("kernel");
+    }
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "memory_mib": 64,
+        "ready_pattern": READY_MARKER,
+        "boot": { "kernel": kernel },
+    }))
+    .expect("spec")
 }
 
 pub fn pids_mentioning(needle: &str) -> Vec<i32> {
