@@ -98,7 +98,9 @@ impl Actor for ConsoleActor {
         };
         let offset = start + backlog.len() as u64;
         let pump = tokio::spawn(pump(file, offset, reader, me.clone()));
-        let (live, _) = broadcast::channel(1024);
+        // Slots are allocated up front; followers that fall further behind
+        // than this skip ahead rather than slow the console.
+        let (live, _) = broadcast::channel(64);
         let mut st = ConsoleState {
             vm: args.vm,
             ring: Ring::new(RING_BYTES),
@@ -196,8 +198,9 @@ impl ConsoleState {
 
 /// Tails the log from `offset`, woken by socket traffic or the tick.
 async fn pump(mut file: tokio::fs::File, mut offset: u64, mut socket: Option<tokio::net::unix::OwnedReadHalf>, me: ActorRef<ConsoleMessage>) {
-    let mut discard = vec![0u8; 16 * 1024];
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Small buffers: a console is slow, and there is one pump per VM.
+    let mut discard = vec![0u8; 2048];
+    let mut chunk = vec![0u8; 8192];
     loop {
         match socket.as_mut() {
             Some(s) => {

@@ -9,7 +9,9 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(capacity: usize) -> Self {
-        Ring { buf: VecDeque::with_capacity(capacity.min(64 * 1024)), capacity }
+        // Grows with use: most consoles never fill the whole ring, and a
+        // supervisor of hundreds of VMs should not reserve it up front.
+        Ring { buf: VecDeque::new(), capacity }
     }
 
     pub fn push(&mut self, data: &[u8]) {
