@@ -24,6 +24,8 @@ pub struct RuntimeConfig {
     pub qemu_binary: PathBuf,
     /// Deadline for connecting to a control socket and for each command.
     pub control_timeout: Duration,
+    /// Address pool and NAT for `network.mode = "tap"`.
+    pub net: paddock_actors::netmgr::NetConfig,
 }
 
 impl RuntimeConfig {
@@ -33,6 +35,7 @@ impl RuntimeConfig {
             run_dir: run_dir.into(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             control_timeout: Duration::from_secs(10),
+            net: paddock_actors::netmgr::NetConfig::default(),
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     recovery: RecoveryReport,
     exit: Arc<tokio::sync::Notify>,
+    reaper: tokio::task::JoinHandle<()>,
 }
 
 impl Runtime {
@@ -63,6 +67,7 @@ impl Runtime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
         let events = EventBus::new(store.clone());
+        let net = Arc::new(paddock_actors::netmgr::NetManager::new(config.net.clone(), store.clone()));
         let board = StatusBoard::default();
         let qemu: Arc<dyn paddock_actors::Backend> =
             Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout));
@@ -74,6 +79,7 @@ impl Runtime {
             backends: Backends { qemu: Some(qemu), cloud_hypervisor: None },
             control_timeout: config.control_timeout,
             records,
+            net: net.clone(),
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -86,7 +92,18 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default() })
+        // The reaper runs once in recovery, then every minute.
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = net.reap().await {
+                    tracing::warn!(error = %e, "network reaper failed");
+                }
+            }
+        });
+        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -186,6 +203,7 @@ impl Runtime {
     /// Stops the supervision tree. VMs keep running: their processes live
     /// in their own sessions and are re-adopted by the next start.
     pub async fn shutdown(self) {
+        self.reaper.abort();
         self.registry.stop(None);
         let _ = self.registry_task.await;
     }

@@ -59,15 +59,29 @@ pub struct LaunchPlan {
 /// The plan of a process we did not start (adopted after a supervisor
 /// restart): only its sockets and how to reach the guest matter; the argv
 /// is whatever the previous supervisor used.
-pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths) -> LaunchPlan {
+pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> LaunchPlan {
     LaunchPlan {
         program: PathBuf::new(),
         args: Vec::new(),
         paths: paths.clone(),
         accel: spec.accel,
-        guest_address: spec.network.forwards.iter().map(|f| format!("127.0.0.1:{}->{}", f.host, f.guest)).collect(),
+        guest_address: reach(spec, lease),
         marker: format!("paddock-{}", spec.name),
     }
+}
+
+/// How to reach the guest, in words for `paddock ps`.
+pub fn reach(spec: &VmSpec, lease: Option<&crate::netmgr::Lease>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(l) = lease {
+        out.push(format!("{} ({})", l.addrs.guest, l.tap));
+    }
+    let host = if lease.is_some() { "*" } else { "127.0.0.1" };
+    for f in &spec.network.forwards {
+        let proto = if f.protocol == paddock_net::Protocol::Udp { "udp" } else { "tcp" };
+        out.push(format!("{host}:{}->{}/{proto}", f.host, f.guest));
+    }
+    out
 }
 
 /// What the guest is doing, as the hypervisor reports it.
@@ -134,7 +148,9 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
     /// Check the host and the files the spec names; build the launch plan.
     /// Reads files, creates nothing.
-    fn prepare(&self, spec: &VmSpec, paths: &RunPaths) -> Result<LaunchPlan, Error>;
+    /// `lease` is the VM's network lease when `network.mode = "tap"`
+    /// (None while only validating a spec).
+    fn prepare(&self, spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> Result<LaunchPlan, Error>;
     /// Connect to the control socket of a process started from `plan`,
     /// waiting for the socket to appear; gives up at the deadline.
     async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError>;

@@ -5,7 +5,7 @@
 //! and checks that nothing was lost or leaked.
 //!
 //! The points, in order of the operation they interrupt:
-//!   up:    up.before-insert, up.after-insert
+//!   up:    up.before-insert, up.after-insert, lease.after-row
 //!   start: start.after-dir, start.after-spawn, start.after-run-recorded,
 //!          start.before-running
 //!   stop:  stop.after-intent
@@ -30,6 +30,7 @@ macro_rules! crash_point {
 pub const CRASH_POINTS: &[&str] = &[
     "up.before-insert",
     "up.after-insert",
+    "lease.after-row",
     "start.after-dir",
     "start.after-spawn",
     "start.after-run-recorded",

@@ -19,6 +19,8 @@ pub mod console;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod lease;
+pub mod netmgr;
 pub mod failpoint;
 pub mod process;
 pub mod qemu;

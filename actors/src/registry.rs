@@ -61,6 +61,7 @@ pub struct RecoveryReport {
     pub rolled_back: Vec<String>,
     pub orphans_stopped: Vec<i32>,
     pub dirs_removed: Vec<String>,
+    pub taps_reaped: Vec<String>,
     /// VMs whose recovery did not finish within its deadline.
     pub unfinished: Vec<String>,
 }
@@ -73,6 +74,7 @@ pub struct RegistryArgs {
     pub backends: Backends,
     pub control_timeout: Duration,
     pub records: Vec<VmRecord>,
+    pub net: Arc<crate::netmgr::NetManager>,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -99,6 +101,7 @@ impl Actor for RegistryActor {
             run_dir: a.run_dir,
             registry: me.clone(),
             control_timeout: a.control_timeout,
+            net: a.net,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();
@@ -162,7 +165,8 @@ impl RegistryState {
         self.check_host_ports(&spec)?;
         let backend = self.backends.get(spec.backend, &spec.name)?;
         // Checks every file before anything is written.
-        backend.prepare(&spec, &RunPaths::new(&self.deps.run_dir, &spec.name))?;
+        crate::netmgr::NetManager::check_allowed(&spec)?;
+        backend.prepare(&spec, &RunPaths::new(&self.deps.run_dir, &spec.name), None)?;
         crate::crash_point!("up.before-insert");
         self.deps.store.insert_vm(&spec, &VmPhase::Defined).await.map_err(|e| match self.vms.contains_key(&spec.name) {
             true => Error::AlreadyExists { name: spec.name.clone() },
@@ -272,6 +276,9 @@ impl RegistryState {
 
     async fn delete_record(&self, name: &str) {
         let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, name).dir);
+        if let Err(e) = self.deps.net.release(name).await {
+            tracing::error!(vm = %name, error = %e, "cannot release the lease of a rolled-back VM");
+        }
         if let Err(e) = self.deps.store.delete_vm(name).await {
             tracing::error!(vm = %name, error = %e, "cannot finish rolling back the VM");
         }
@@ -289,6 +296,10 @@ impl RegistryState {
             let stops = orphans.iter().map(|o| stop_orphan(&deps, o));
             pass.report.orphans_stopped = futures::future::join_all(stops).await;
             pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &known);
+            match deps.net.reap().await {
+                Ok(r) => pass.report.taps_reaped = r.taps_deleted,
+                Err(e) => tracing::error!(error = %e, "network reaper failed"),
+            }
             let deadline = deps.control_timeout + Duration::from_secs(5);
             let waits = pass.waits.into_iter().map(|(name, w)| async move {
                 match tokio::time::timeout(deadline, w).await {

@@ -95,8 +95,16 @@ pub struct Disk {
 pub struct Network {
     #[serde(default)]
     pub mode: NetworkMode,
+    /// Host ports published to the guest (user: on 127.0.0.1; tap: on the
+    /// host's addresses, by DNAT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<PortForward>,
+    /// tap: VMs that share a group may reach each other; others may not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// tap: host TCP ports the guest may connect to (all else is dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +112,10 @@ pub struct Network {
 pub enum NetworkMode {
     #[default]
     None,
+    /// QEMU's user-mode networking (no privileges needed).
     User,
+    /// A TAP device with an address lease, NAT and isolation.
+    Tap,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +245,14 @@ impl VmSpec {
                 "network.forwards",
                 "port forwards need a network; set network.mode = \"user\"",
             ));
+        }
+        if self.network.mode != NetworkMode::Tap && (!self.network.groups.is_empty() || !self.network.host_ports.is_empty()) {
+            return Err(SpecError::new("network.groups", "groups and host_ports need network.mode = \"tap\""));
+        }
+        for (i, g) in self.network.groups.iter().enumerate() {
+            if g.is_empty() || g.len() > 32 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(SpecError::new(format!("network.groups[{i}]"), "use 1 to 32 characters of a-z, 0-9, '-' and '_'"));
+            }
         }
         paddock_net::check_forwards(&self.network.forwards)
             .map_err(|e| SpecError::new("network.forwards", e.to_string()))?;

@@ -140,6 +140,11 @@ impl Store {
                  exit TEXT
              );
              CREATE INDEX IF NOT EXISTS runs_open ON runs (vm) WHERE ended_ms IS NULL;
+             CREATE TABLE IF NOT EXISTS leases (
+                 vm TEXT PRIMARY KEY,
+                 idx INTEGER NOT NULL UNIQUE,
+                 created_ms INTEGER NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS events (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  ts_ms INTEGER NOT NULL,
@@ -298,6 +303,61 @@ impl Store {
         .await
     }
 
+    /// The VM's lease index, allocating the lowest free one below
+    /// `capacity` if it has none. None: the pool is exhausted.
+    pub async fn allocate_lease(&self, vm: &str, capacity: u32) -> Result<Option<u32>, StoreError> {
+        let vm = vm.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            if let Some(idx) = tx.query_row("SELECT idx FROM leases WHERE vm = ?1", params![vm], |r| r.get::<_, u32>(0)).optional()? {
+                return Ok(Some(idx));
+            }
+            let mut next = 0u32;
+            {
+                let mut stmt = tx.prepare("SELECT idx FROM leases ORDER BY idx")?;
+                let used = stmt.query_map([], |r| r.get::<_, u32>(0))?;
+                for u in used {
+                    if u? != next {
+                        break;
+                    }
+                    next += 1;
+                }
+            }
+            if next >= capacity {
+                return Ok(None);
+            }
+            tx.execute("INSERT INTO leases (vm, idx, created_ms) VALUES (?1, ?2, ?3)", params![vm, next, now_ms()])?;
+            tx.commit()?;
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    /// Deletes the VM's lease row; true if there was one.
+    pub async fn release_lease(&self, vm: &str) -> Result<bool, StoreError> {
+        let vm = vm.to_string();
+        self.with(move |c| Ok(c.execute("DELETE FROM leases WHERE vm = ?1", params![vm])? > 0)).await
+    }
+
+    /// Every lease with its VM's spec (None: the VM row is gone).
+    pub async fn leases(&self) -> Result<Vec<(String, u32, Option<VmSpec>)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT l.vm, l.idx, v.spec FROM leases l LEFT JOIN vms v ON v.name = l.vm ORDER BY l.idx")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, Option<String>>(2)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (vm, idx, spec) = row?;
+                let spec = match spec {
+                    Some(s) => Some(serde_json::from_str(&s)?),
+                    None => None,
+                };
+                out.push((vm, idx, spec));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Appends an event and returns its sequence number.
     pub async fn append_event(&self, ev: &Event) -> Result<u64, StoreError> {
         let body = serde_json::to_string(ev)?;
@@ -364,6 +424,21 @@ mod tests {
         let path = dir.path().join("state.db");
         Store::open(&path).unwrap().insert_vm(&spec("b"), &VmPhase::Defined).await.unwrap();
         assert!(Store::open(&path).unwrap().vm_exists("b").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn leases_take_the_lowest_free_index_and_are_released_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(s.allocate_lease("a", 3).await.unwrap(), Some(0));
+        assert_eq!(s.allocate_lease("b", 3).await.unwrap(), Some(1));
+        assert_eq!(s.allocate_lease("a", 3).await.unwrap(), Some(0), "idempotent");
+        assert!(s.release_lease("a").await.unwrap());
+        assert!(!s.release_lease("a").await.unwrap());
+        assert_eq!(s.allocate_lease("c", 3).await.unwrap(), Some(0), "reuses the gap");
+        assert_eq!(s.allocate_lease("d", 3).await.unwrap(), Some(2));
+        assert_eq!(s.allocate_lease("e", 3).await.unwrap(), None, "exhausted");
+        assert_eq!(s.leases().await.unwrap().len(), 3);
     }
 
     #[test]

@@ -56,6 +56,13 @@ enum Command {
         /// Deadline for every control-socket call (QMP), in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         control_timeout_ms: u64,
+        /// Address pool of TAP leases (a /30 per VM).
+        #[arg(long, env = "PADDOCK_NET_POOL", default_value = "10.88.0.0/16")]
+        net_pool: String,
+        /// NAT for leased guests: `any` (out of any non-TAP interface),
+        /// `off`, or an interface name.
+        #[arg(long, default_value = "any")]
+        masquerade: String,
     },
     /// Create a VM from a TOML spec file and boot it.
     Up {
@@ -157,8 +164,21 @@ async fn run(cli: Cli) -> i32 {
     let client = Client::new(&cli.socket);
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, control_timeout_ms } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, control_timeout_ms, net_pool, masquerade } => {
+            let pool = match net_pool.parse::<paddock_net::Pool>() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: --net-pool: {e}");
+                    return 2;
+                }
+            };
+            let masquerade = match masquerade.as_str() {
+                "off" => paddock_net::nft::Masquerade::Off,
+                "any" => paddock_net::nft::Masquerade::AnyUplink,
+                dev => paddock_net::nft::Masquerade::Uplink(dev.to_string()),
+            };
             let opts = crate::daemon::ServeOptions {
+                net: paddock_actors::netmgr::NetConfig { pool, masquerade },
                 state_dir,
                 run_dir,
                 socket: cli.socket.clone(),

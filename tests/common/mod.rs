@@ -67,6 +67,8 @@ pub struct Daemon {
     pub client: Client,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
+    /// Run the daemon (and so its VMs' TAPs and rules) in this netns.
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -85,6 +87,23 @@ impl Daemon {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// A daemon inside network namespace `ns`.
+    pub fn start_in(ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
+        let socket = dir.path().join("run/paddock.sock");
+        let mut d = Daemon {
+            client: Client::new(&socket),
+            dir,
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: Some(ns.to_string()),
         };
         d.spawn();
         d
@@ -97,9 +116,41 @@ impl Daemon {
         self.dir.path().join("run")
     }
 
+    /// Spawns the daemon behind a wrapper argv (e.g. setpriv).
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).expect("log");
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_paddock"))
+            .arg("--socket")
+            .arg(self.client.socket())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn wrapped paddock serve"));
+        let client = self.client.clone();
+        std::thread::spawn(move || block_on(client.wait_ready(Duration::from_secs(20))))
+            .join()
+            .expect("wait thread")
+            .unwrap_or_else(|e| panic!("daemon did not come up: {e}\n{}", self.log()));
+    }
+
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paddock"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str(), env!("CARGO_BIN_EXE_paddock")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_paddock")),
+        };
         cmd.arg("--socket")
             .arg(self.client.socket())
             .arg("serve")
@@ -215,6 +266,143 @@ impl Drop for Daemon {
             eprintln!("---- daemon log ----\n{}", self.log());
         }
     }
+}
+
+/// Runs `cmd` in the guest's shell over the interactive console and
+/// returns its output and exit code.
+pub async fn guest_run(client: &Client, vm: &str, cmd: &str, timeout: Duration) -> (String, i32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + timeout;
+    let mut io = loop {
+        match client.attach(vm).await {
+            Ok(io) => break io,
+            // The previous session's writer is still being released.
+            Err(e) if e.kind() == Some("conflict") && Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(e) => panic!("attach {vm}: {e}"),
+        }
+    };
+    let nonce = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let end = format!("__END_{nonce} ");
+    io.write_all(format!("\n{cmd}; echo {end}$?\n").as_bytes()).await.expect("type");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        // The terminal echoes our line too ("$?" there, digits in the answer).
+        if let Some(pos) = text.find(&end).and_then(|_| {
+            text.match_indices(&end).find(|(i, _)| text[i + end.len()..].starts_with(|c: char| c.is_ascii_digit())).map(|(i, _)| i)
+        }) {
+            let rest = &text[pos + end.len()..];
+            let code: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if rest.len() > code.len() {
+                let start = text.find(&format!("echo {end}")).map(|i| i + 5 + end.len()).unwrap_or(0);
+                return (text[start.min(pos)..pos].to_string(), code.parse().unwrap_or(-1));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{vm}: `{cmd}` did not finish within {timeout:?}; saw:\n{text}"))
+            .expect("read console");
+        assert!(n > 0, "{vm}: console closed; saw:\n{text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Two network namespaces made for one test: `host` (where the daemon, its
+/// TAPs and its nftables table live) and `outside` (a stand-in for the rest
+/// of the world), joined by a veth pair: host 10.99.0.1 <-> outside 10.99.0.2.
+/// Traffic never leaves them.
+pub struct NetLab {
+    pub host: String,
+    pub outside: String,
+}
+
+pub const LAB_HOST_IP: &str = "10.99.0.1";
+pub const LAB_OUTSIDE_IP: &str = "10.99.0.2";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetLab {
+    pub fn new() -> NetLab {
+        let tag = format!("{:x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos() ^ rand_u32()));
+        let lab = NetLab { host: format!("pdh{tag}"), outside: format!("pdo{tag}") };
+        ip(&["netns", "add", &lab.host]);
+        ip(&["netns", "add", &lab.outside]);
+        ip(&["-n", &lab.host, "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns", &lab.outside]);
+        ip(&["-n", &lab.host, "addr", "add", "10.99.0.1/24", "dev", "up0"]);
+        ip(&["-n", &lab.outside, "addr", "add", "10.99.0.2/24", "dev", "out0"]);
+        for (ns, dev) in [(&lab.host, "up0"), (&lab.outside, "out0")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &lab.host, "route", "add", "default", "via", LAB_OUTSIDE_IP]);
+        lab
+    }
+
+    /// Runs argv inside `ns`; returns (success, stdout + stderr).
+    pub fn exec(&self, ns: &str, argv: &[&str]) -> (bool, String) {
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(argv).output().expect("ip netns exec");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Our TAP devices in the host namespace.
+    pub fn taps(&self) -> Vec<String> {
+        let (_, out) = self.exec(&self.host, &["ip", "-o", "link", "show"]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+            .filter(|n| n.starts_with("pdtap"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `nft list table ip paddock` in the host namespace ("" if absent).
+    pub fn table(&self) -> String {
+        let (ok, out) = self.exec(&self.host, &["nft", "list", "table", "ip", "paddock"]);
+        if ok { out } else { String::new() }
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for ns in [&self.host, &self.outside] {
+            let _ = Command::new("ip").args(["netns", "del", ns.as_str()]).output();
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// A TAP-networked spec for the test guest.
+pub fn tap_guest_spec(name: &str, switches: &str, groups: &[&str], forwards: &[(u16, u16)]) -> VmSpec {
+    let mut spec = guest_spec(name, switches);
+    spec.network.mode = paddock::spec::NetworkMode::Tap;
+    spec.network.groups = groups.iter().map(|g| g.to_string()).collect();
+    spec.network.forwards = forwards.iter().map(|(h, g)| paddock_net::PortForward { host: *h, guest: *g, protocol: paddock_net::Protocol::Tcp }).collect();
+    spec
+}
+
+/// The guest address of a leased VM, from `paddock ps`'s reach column.
+pub fn lease_ip(info: &paddock::VmInfo) -> String {
+    info.addresses.iter().find(|a| a.contains("(pdtap")).and_then(|a| a.split(' ').next()).expect("leased address").to_string()
+}
+
+/// The gateway of a /30 lease: guest address minus one.
+pub fn lease_gateway(guest: &str) -> String {
+    let ip: std::net::Ipv4Addr = guest.parse().expect("ipv4");
+    std::net::Ipv4Addr::from(u32::from(ip) - 1).to_string()
 }
 
 /// Fake hypervisor flags for `Daemon::start_with`.

@@ -28,6 +28,8 @@ pub struct QemuDisk {
 pub enum QemuNet {
     None,
     User { mac: MacAddress, forwards: Vec<PortForward> },
+    /// A persistent TAP made by the NetManager, opened by name.
+    Tap { ifname: String, mac: String },
 }
 
 /// Everything the argv depends on; `accel` is already resolved (not Auto).
@@ -125,6 +127,10 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
             push("-netdev", netdev);
             push("-device", format!("virtio-net-pci,netdev=net0,mac={mac}"));
         }
+        QemuNet::Tap { ifname, mac } => {
+            push("-netdev", format!("tap,id=net0,ifname={ifname},script=no,downscript=no"));
+            push("-device", format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        }
     }
     // The guest panic device turns a guest kernel panic into a QMP event.
     push("-device", "pvpanic".into());
@@ -187,6 +193,13 @@ mod tests {
             ],
         };
         golden("qemu-disk-kvm-usernet.argv", &build(&c));
+    }
+
+    #[test]
+    fn tap_golden() {
+        let mut c = base();
+        c.net = QemuNet::Tap { ifname: "pdtap7".into(), mac: "02:50:44:00:00:07".into() };
+        golden("qemu-tap.argv", &build(&c));
     }
 
     #[test]

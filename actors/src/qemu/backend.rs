@@ -43,7 +43,7 @@ impl Backend for QemuBackend {
         BackendKind::Qemu
     }
 
-    fn prepare(&self, spec: &VmSpec, paths: &RunPaths) -> Result<LaunchPlan, Error> {
+    fn prepare(&self, spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> Result<LaunchPlan, Error> {
         for p in [&paths.control_socket, &paths.serial_socket] {
             if p.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::Io {
@@ -58,7 +58,19 @@ impl Backend for QemuBackend {
                 if let Some(i) = &spec.boot.initrd {
                     check_file("boot.initrd", i).map_err(spec_err)?;
                 }
-                QemuBoot::Kernel { kernel: kernel.clone(), initrd: spec.boot.initrd.clone(), cmdline: spec.boot.cmdline.clone() }
+                // Direct kernel boots learn their address from the kernel's
+                // standard `ip=` argument.
+                let cmdline = match (lease, spec.boot.cmdline.clone()) {
+                    (Some(l), c) => {
+                        let ip = format!("ip={}::{}:{}::eth0:off", l.addrs.guest, l.addrs.gateway, l.addrs.netmask());
+                        Some(match c {
+                            Some(c) if !c.is_empty() => format!("{c} {ip}"),
+                            _ => ip,
+                        })
+                    }
+                    (None, c) => c,
+                };
+                QemuBoot::Kernel { kernel: kernel.clone(), initrd: spec.boot.initrd.clone(), cmdline }
             }
             (None, Some(disk)) => {
                 check_file("boot.disk", disk).map_err(spec_err)?;
@@ -80,9 +92,12 @@ impl Backend for QemuBackend {
             };
             disks.push(QemuDisk { path: d.path.clone(), format, readonly: d.readonly });
         }
-        let net = match spec.network.mode {
-            NetworkMode::None => QemuNet::None,
-            NetworkMode::User => QemuNet::User { mac: MacAddress::for_vm(&spec.name), forwards: spec.network.forwards.clone() },
+        let net = match (spec.network.mode, lease) {
+            (NetworkMode::None, _) => QemuNet::None,
+            (NetworkMode::User, _) => QemuNet::User { mac: MacAddress::for_vm(&spec.name), forwards: spec.network.forwards.clone() },
+            (NetworkMode::Tap, Some(l)) => QemuNet::Tap { ifname: l.tap.clone(), mac: l.mac.clone() },
+            // Validation only: the lease comes at start.
+            (NetworkMode::Tap, None) => QemuNet::None,
         };
         let accel = accel::resolve(spec.accel, &spec.name);
         let cfg = QemuConfig {
@@ -95,12 +110,7 @@ impl Backend for QemuBackend {
             net,
             paths: paths.clone(),
         };
-        let guest_address = spec
-            .network
-            .forwards
-            .iter()
-            .map(|f| format!("127.0.0.1:{}->{}/{}", f.host, f.guest, if f.protocol == paddock_net::Protocol::Udp { "udp" } else { "tcp" }))
-            .collect();
+        let guest_address = crate::backend::reach(spec, lease);
         Ok(LaunchPlan {
             program: self.binary.clone(),
             args: argv::build(&cfg),

@@ -39,6 +39,7 @@ pub struct VmDeps {
     pub run_dir: PathBuf,
     pub registry: ActorRef<RegistryMessage>,
     pub control_timeout: Duration,
+    pub net: Arc<crate::netmgr::NetManager>,
 }
 
 pub struct VmArgs {
@@ -69,6 +70,7 @@ struct Run {
     run_id: Option<i64>,
     plan: LaunchPlan,
     process: ActorRef<ProcessMessage>,
+    lease: Option<ActorRef<crate::lease::LeaseMessage>>,
     control: Option<ActorRef<ControlMessage>>,
     console: Option<ActorRef<ConsoleMessage>>,
     control_up: bool,
@@ -206,6 +208,9 @@ impl Actor for VmActor {
             let child = if run.console.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.console = None;
                 "console"
+            } else if run.lease.as_ref().is_some_and(|c| c.get_id() == id) {
+                run.lease = None;
+                "lease"
             } else if run.control.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.control = None;
                 run.control_up = false;
@@ -218,6 +223,15 @@ impl Actor for VmActor {
             // One-for-one: the VM keeps running; only the child comes back.
             let restarted = match child {
                 "console" => st.spawn_console(&me).await,
+                "lease" => {
+                    let lease = st.deps.net.lease_of_vm(&st.name).await.ok().flatten();
+                    let ok = lease.is_some();
+                    st.spawn_lease(&me, lease).await;
+                    if let Some(l) = st.run.as_ref().and_then(|r| r.lease.clone()) {
+                        let _ = l.cast(crate::lease::LeaseMessage::Ensure);
+                    }
+                    ok
+                }
                 _ => st.spawn_control(&me).await,
             };
             if restarted {
@@ -247,6 +261,7 @@ impl Run {
             run_id,
             plan,
             process,
+            lease: None,
             control: None,
             console: None,
             control_up: false,
@@ -275,6 +290,9 @@ impl Run {
 
     fn stop_children(&self) {
         self.process.stop(None);
+        if let Some(l) = &self.lease {
+            l.stop(None);
+        }
         if let Some(c) = &self.control {
             c.stop(None);
         }
@@ -364,7 +382,11 @@ impl VmState {
 
     async fn begin_start(&mut self, me: &ActorRef<VmMessage>) -> Result<()> {
         self.deps.store.set_desired(&self.name, Desired::Running).await?;
-        let plan = self.backend.prepare(&self.spec, &self.paths)?;
+        let lease = match self.spec.network.mode {
+            crate::spec::NetworkMode::Tap => Some(self.deps.net.acquire(&self.name).await?),
+            _ => None,
+        };
+        let plan = self.backend.prepare(&self.spec, &self.paths, lease.as_ref())?;
         std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM
@@ -404,9 +426,19 @@ impl VmState {
             .await
             .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
         self.run = Some(Run::new(pid, run_id, plan, process));
+        self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
         self.post_board();
         Ok(())
+    }
+
+    async fn spawn_lease(&mut self, me: &ActorRef<VmMessage>, lease: Option<crate::netmgr::Lease>) {
+        let (Some(run), Some(lease)) = (self.run.as_mut(), lease) else { return };
+        let args = crate::lease::LeaseArgs { net: self.deps.net.clone(), lease };
+        match Actor::spawn_linked(None, crate::lease::LeaseActor, args, me.get_cell()).await {
+            Ok((l, _)) => run.lease = Some(l),
+            Err(e) => tracing::error!(vm = %self.name, error = %e, "cannot spawn lease actor"),
+        }
     }
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
@@ -614,7 +646,8 @@ impl VmState {
                     self.phase = VmPhase::Running;
                 }
                 self.stop_after_adopt = stop;
-                let plan = crate::backend::adoption_plan(&self.spec, &self.paths);
+                let lease = self.deps.net.lease_of_vm(&self.name).await.ok().flatten();
+                let plan = crate::backend::adoption_plan(&self.spec, &self.paths, lease.as_ref());
                 let watch = Watch::Adopted { pid, pidfd };
                 let process = match Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch }, me.get_cell()).await {
                     Ok((p, _)) => p,
@@ -626,6 +659,7 @@ impl VmState {
                 };
                 tracing::info!(vm = %self.name, pid, "adopted");
                 self.run = Some(Run::new(pid, Some(run_id), plan, process));
+                self.spawn_lease(me, lease).await;
                 self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
                 self.spawn_control(me).await;
                 self.post_board();
@@ -877,6 +911,7 @@ impl VmState {
             Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
         }
         crash_point!("rm.after-dir");
+        self.deps.net.release(&self.name).await?;
         self.deps.store.delete_vm(&self.name).await?;
         crash_point!("rm.after-rows");
         Ok(())

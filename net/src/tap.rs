@@ -1,0 +1,55 @@
+//! Persistent TAP devices through /dev/net/tun.
+//!
+//! The device is created with TUNSETIFF and made persistent with
+//! TUNSETPERSIST, then our file descriptor is closed: QEMU opens it again by
+//! name (`-netdev tap,ifname=...`), and the device outlives both us and
+//! QEMU until the lease is released. Shell equivalent:
+//! `ip tuntap add dev NAME mode tap`.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+
+use crate::Error;
+
+const IFNAMSIZ: usize = 16;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+// _IOW('T', 202, int) and _IOW('T', 203, int)
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Creates the persistent TAP `name`. Fails (EBUSY/EINVAL) if an interface
+/// of that name exists and is not a free TAP: the caller has checked that
+/// names it reuses are its own.
+pub fn create_persistent(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(Error::Tap { name: name.into(), source: std::io::Error::from(std::io::ErrorKind::InvalidInput) });
+    }
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|source| Error::Tap { name: name.into(), source })?;
+    let mut req = IfReq { name: [0; IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which IfReq
+    // mirrors (16-byte name, short flags, padded to 40 bytes); `req`
+    // lives across the call.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(Error::Tap { name: name.into(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: TUNSETPERSIST takes an integer argument by value.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
+    if r < 0 {
+        return Err(Error::Tap { name: name.into(), source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
