@@ -89,14 +89,23 @@ pub fn render(cfg: &TableConfig, leases: &[LeaseRules]) -> String {
 
     // VM -> VM only within a shared group; into a VM only as a reply or
     // through a published port.
+    // One set of TAP names per group: linear in leases, not quadratic.
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for l in leases {
+        for g in &l.groups {
+            groups.entry(g.as_str()).or_default().push(l.tap.as_str());
+        }
+    }
+    let groups: Vec<(usize, &str, Vec<&str>)> =
+        groups.into_iter().filter(|(_, t)| t.len() > 1).enumerate().map(|(i, (g, t))| (i, g, t)).collect();
+    for (i, g, taps) in &groups {
+        let elems: Vec<String> = taps.iter().map(|t| format!("\"{t}\"")).collect();
+        let _ = writeln!(s, "\tset group{i} {{\n\t\ttype ifname\n\t\tcomment \"group {g}\"\n\t\telements = {{ {} }}\n\t}}", elems.join(", "));
+    }
     let _ = writeln!(s, "\tchain pd_forward {{\n\t\ttype filter hook forward priority filter; policy accept;");
     let _ = writeln!(s, "\t\tct state established,related accept");
-    for a in leases {
-        for b in leases {
-            if a.tap != b.tap && a.groups.iter().any(|g| b.groups.contains(g)) {
-                let _ = writeln!(s, "\t\tiifname \"{}\" oifname \"{}\" accept", a.tap, b.tap);
-            }
-        }
+    for (i, _, _) in &groups {
+        let _ = writeln!(s, "\t\tiifname @group{i} oifname @group{i} accept");
     }
     let _ = writeln!(s, "\t\toifname {all_taps} ct status dnat accept");
     let _ = writeln!(s, "\t\toifname {all_taps} counter drop");
@@ -175,9 +184,10 @@ mod tests {
     #[test]
     fn only_shared_groups_open_vm_to_vm() {
         let text = render(&cfg(), &[lease("a", 0, &["g"]), lease("b", 1, &["g"]), lease("c", 2, &["h"])]);
-        assert!(text.contains("iifname \"pdtap0\" oifname \"pdtap1\" accept"));
-        assert!(text.contains("iifname \"pdtap1\" oifname \"pdtap0\" accept"));
-        assert!(!text.contains("oifname \"pdtap2\" accept"));
+        assert!(text.contains("elements = { \"pdtap0\", \"pdtap1\" }"), "{text}");
+        assert!(text.contains("iifname @group0 oifname @group0 accept"));
+        // A group of one opens nothing.
+        assert!(!text.contains("pdtap2\" }") && !text.contains("@group1"), "{text}");
     }
 
     #[test]
