@@ -190,8 +190,10 @@ async fn daemon_kill_9_then_restart_readopts_the_same_process() {
     let v = ch.d.client.get("keep").await.expect("get");
     assert_eq!((v.phase, v.pid), (VmPhase::Running, Some(pid)), "not re-adopted");
     if !ch.real {
-        // Written by the fake while nobody watched, then followed live.
-        wait_console(&ch.d.client, "keep", "tick 20", Duration::from_secs(10)).await;
+        // Written by CH (the fake) itself while nobody watched: no gap.
+        let log = wait_console(&ch.d.client, "keep", "tick 20\n", Duration::from_secs(10)).await;
+        let ticks: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
+        assert_eq!(ticks, (1..=ticks.len() as u64).collect::<Vec<_>>(), "console gap across the daemon's downtime");
         let creates = ch.requests().iter().filter(|l| l.starts_with("PUT vm.create")).count();
         assert_eq!(creates, 1, "adoption must not create the VM again");
     }
@@ -199,6 +201,22 @@ async fn daemon_kill_9_then_restart_readopts_the_same_process() {
     let out = ch.d.client.stop("keep", 30).await.expect("stop");
     assert_eq!(out.rung, Some(Rung::Acpi), "{out:?}");
     assert!(!process_exists(pid));
+    ch.assert_no_violation();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vsock_gets_a_per_vm_cid() {
+    let Some(ch) = Ch::fake_only("vsock", "") else { return };
+    let mut spec = ch.spec("sox");
+    spec.vsock = true;
+    ch.d.client.up(&spec, WaitFor::Running, 30).await.expect("up");
+    // Ask CH itself, through the backend's own typed client.
+    let api = paddock_actors::cloud_hypervisor::client::ApiClient::new(ch.d.run_dir().join("sox/control.sock"), Duration::from_secs(5));
+    let info = api.info().await.expect("vm.info").expect("created");
+    let cid = paddock_actors::cloud_hypervisor::backend::vsock_cid("sox");
+    assert_eq!(info.config["vsock"]["cid"], serde_json::json!(cid), "{}", info.config);
+    assert!(cid >= 3);
+    ch.d.client.stop("sox", 30).await.expect("stop");
     ch.assert_no_violation();
 }
 

@@ -52,7 +52,9 @@ fn find_binary(program: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| runnable(p))
 }
 
-/// A guest CID for vsock, stable per VM name; 0-2 are reserved.
+/// A guest CID for vsock, stable per VM name; 0-2 are reserved. CH's
+/// vsock is hybrid (the host side is a Unix socket per VM), so the CID
+/// only has to be valid, not unique on the host.
 pub fn vsock_cid(name: &str) -> u32 {
     // FNV-1a: stable across builds, unlike std's hasher.
     let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
@@ -148,7 +150,7 @@ impl Backend for CloudHypervisorBackend {
             )
             .into());
         }
-        let cfg = ChConfig { vcpus: spec.vcpus, memory_mib: spec.memory_mib, boot, disks, vsock_cid: None, paths: paths.clone() };
+        let cfg = ChConfig { vcpus: spec.vcpus, memory_mib: spec.memory_mib, boot, disks, vsock_cid: spec.vsock.then(|| vsock_cid(&spec.name)), paths: paths.clone() };
         Ok(LaunchPlan {
             program: self.binary.clone(),
             arg0: Some(crate::backend::marker(&spec.name).into()),

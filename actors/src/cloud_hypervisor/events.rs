@@ -21,8 +21,9 @@ use crate::backend::ControlEvent;
 
 /// An incomplete object larger than this is garbage, not an event.
 const MAX_PENDING: usize = 1 << 20;
-/// How often the file is checked for new bytes.
-const POLL: Duration = Duration::from_millis(20);
+/// How often the file is checked for new bytes (as often as the console
+/// log): events only refine what the API answers and the exit watch say.
+const POLL: Duration = Duration::from_millis(100);
 
 /// One event as CH writes it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

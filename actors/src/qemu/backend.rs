@@ -45,6 +45,9 @@ impl Backend for QemuBackend {
                 });
             }
         }
+        if spec.vsock {
+            return Err(SpecError::new("vsock", "vsock is available with backend = \"cloud-hypervisor\" only, for now").into());
+        }
         let boot = match (&spec.boot.kernel, &spec.boot.disk) {
             (Some(kernel), _) => {
                 check_file("boot.kernel", kernel).map_err(image_error)?;
