@@ -58,6 +58,11 @@ impl Ch {
 
     fn spec(&self, name: &str) -> VmSpec {
         let mut s = if self.real { guest_spec(name, "") } else { fake_spec(&self.d, name) };
+        // CH boots an uncompressed vmlinux (PVH); a bzImage only in some
+        // releases. PADDOCK_CH_KERNEL points at one it can boot.
+        if let (true, Some(k)) = (self.real, std::env::var_os("PADDOCK_CH_KERNEL")) {
+            s.boot.kernel = Some(PathBuf::from(k));
+        }
         s.backend = paddock::spec::BackendKind::CloudHypervisor;
         s.accel = paddock::spec::Accel::Kvm;
         s

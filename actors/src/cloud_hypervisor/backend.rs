@@ -165,15 +165,18 @@ impl Backend for CloudHypervisorBackend {
 
     async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError> {
         let client = ApiClient::new(&plan.paths.control_socket, self.control_timeout);
+        client.wait_for_socket(self.control_timeout).await?;
+        let ping = client.ping().await?;
+        tracing::debug!(version = %ping.version, socket = ?plan.paths.control_socket, "cloud-hypervisor answers");
+        // CH opens (and truncates) the event file before it serves its API,
+        // so once it answers, the file is this process's. Tail it from its
+        // current end before anything is asked: no event of this boot is
+        // missed, and none of an earlier life (or of before an adoption)
+        // is replayed.
         let quit_sent = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        // Tail from the current end before anything is asked, so no event
-        // of this boot is missed and none of an earlier one replayed.
         let tail = events::spawn_tail(argv::events_path(&plan.paths), quit_sent.clone(), tx);
         let control = ChControl { client, quit_sent, events: Some(rx), tail };
-        control.client.wait_for_socket(self.control_timeout).await?;
-        let ping = control.client.ping().await?;
-        tracing::debug!(version = %ping.version, socket = ?plan.paths.control_socket, "cloud-hypervisor answers");
         match control.client.info().await? {
             None => {
                 let Some(cfg) = plan.api_config.as_deref() else {
