@@ -348,6 +348,13 @@ async fn handle(fake: Arc<Fake>, req: Request<Incoming>, after: Arc<Mutex<After>
     if status.as_u16() == 599 {
         std::future::pending::<()>().await;
     }
+    // The fake's own answers keep to the document too.
+    if let Some(schema) = fake.spec.response_schema(endpoint, &method, status.as_u16()) {
+        let errs = fake.spec.check(schema, &value);
+        if !errs.is_empty() {
+            log_line(&format!("VIOLATION (fake answer) {endpoint}: {}", errs.join("; ")));
+        }
+    }
     log_line(&format!("{method} {endpoint} {}", status.as_u16()));
     *lock(&after) = next;
     let bytes = if value.is_null() { Bytes::new() } else { Bytes::from(value.to_string()) };

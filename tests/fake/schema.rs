@@ -30,6 +30,12 @@ impl ApiSpec {
         Ok(op.pointer("/requestBody/content/application~1json/schema"))
     }
 
+    /// The schema of the JSON answer `METHOD /endpoint` gives with `status`.
+    pub fn response_schema(&self, endpoint: &str, method: &str, status: u16) -> Option<&Value> {
+        let op = self.doc.pointer("/paths")?.get(format!("/{endpoint}"))?.get(method.to_ascii_lowercase())?;
+        op.get("responses")?.get(status.to_string())?.pointer("/content/application~1json/schema")
+    }
+
     pub fn schema(&self, name: &str) -> Option<&Value> {
         self.doc.pointer(&format!("/components/schemas/{name}"))
     }
