@@ -65,7 +65,7 @@ async fn crash_at_each_step_of_up(cloud_hypervisor: bool) {
     for (point, running) in expect {
         let fp = format!("{point}=return");
         let binary = if cloud_hypervisor {
-            ["--cloud-hypervisor-binary", env!("CARGO_BIN_EXE_paddock-fake-ch")]
+            ["--cloud-hypervisor-binary", fake_ch()]
         } else {
             ["--qemu-binary", fake_qemu()]
         };

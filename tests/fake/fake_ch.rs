@@ -300,6 +300,11 @@ impl Fake {
     }
 
     fn boot(self: &Arc<Self>) {
+        // CH opens the serial file with File::create when it builds the
+        // devices at boot: each boot starts the log afresh.
+        if let Some(path) = lock(&self.vm).as_ref().and_then(|v| v.config.pointer("/serial/file").and_then(Value::as_str).map(PathBuf::from)) {
+            let _ = std::fs::File::create(path);
+        }
         self.event("vm", "booting");
         self.serial("fake-ch: booting\nPADDOCK-GUEST-READY\n");
         self.event("vm", "booted");
