@@ -378,3 +378,32 @@ async fn real_cloud_hypervisor_boots_the_test_guest() {
     let out = ch.d.client.stop("real", 60).await.expect("stop");
     assert_eq!(out.rung, Some(Rung::Acpi), "{out:?}");
 }
+
+/// The fake hangs where released CH hangs (shutdown of a paused VM), so
+/// the test that the backend resumes first can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_hangs_on_shutdown_of_a_paused_vm_like_cloud_hypervisor() {
+    use paddock_actors::cloud_hypervisor::client::ApiClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("api.sock");
+    let mut fake = std::process::Command::new(fake_ch())
+        .arg("--api-socket")
+        .arg(format!("path={}", sock.display()))
+        .env_remove("PADDOCK_FAKE_CH")
+        .env_remove("PADDOCK_FAKE_CH_LOG")
+        .spawn()
+        .expect("spawn fake");
+    let api = ApiClient::new(&sock, Duration::from_millis(500));
+    api.wait_for_socket(Duration::from_secs(10)).await.expect("socket");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ch-kernel.vm-create.json");
+    let mut cfg: paddock_actors::cloud_hypervisor::api::VmConfig =
+        serde_json::from_str(&std::fs::read_to_string(golden).expect("golden")).expect("typed");
+    cfg.serial.file = Some(dir.path().join("console.log"));
+    api.create(&cfg).await.expect("vm.create");
+    api.put("vm.boot").await.expect("vm.boot");
+    api.put("vm.pause").await.expect("vm.pause");
+    let e = api.put("vm.shutdown").await.expect_err("must hang");
+    assert!(matches!(e, paddock_actors::backend::ControlError::Timeout { .. }), "{e}");
+    let _ = fake.kill();
+    let _ = fake.wait();
+}

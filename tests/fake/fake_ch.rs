@@ -108,6 +108,8 @@ struct Fake {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum After {
     Nothing,
+    /// Never answer (what released CH does in some states).
+    Hang,
     /// Exit when this connection ends (the answer has been read).
     Exit,
 }
@@ -334,7 +336,7 @@ fn violation(endpoint: &str, why: &str, status: StatusCode) -> (StatusCode, Valu
 /// What released CH does here: never answer.
 fn hang_forever(endpoint: &str) -> (StatusCode, Value, After) {
     log_line(&format!("HANG {endpoint} on a paused VM (CH #816/#817)"));
-    (StatusCode::from_u16(599).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Value::Null, After::Nothing)
+    (StatusCode::INTERNAL_SERVER_ERROR, Value::Null, After::Hang)
 }
 
 async fn handle(fake: Arc<Fake>, req: Request<Incoming>, after: Arc<Mutex<After>>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
@@ -350,7 +352,7 @@ async fn handle(fake: Arc<Fake>, req: Request<Incoming>, after: Arc<Mutex<After>
         return Ok(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap_or_default());
     };
     let (status, value, next) = fake.route(&method, endpoint, &body);
-    if status.as_u16() == 599 {
+    if next == After::Hang {
         std::future::pending::<()>().await;
     }
     // The fake's own answers keep to the document too.

@@ -283,6 +283,55 @@ mod tests {
         assert!(["a", "b", "web", ""].iter().all(|n| vsock_cid(n) >= 3));
     }
 
+    fn backend() -> CloudHypervisorBackend {
+        // Any runnable file passes the binary check; nothing is started.
+        CloudHypervisorBackend::new("/bin/sh".into(), Duration::from_secs(1))
+    }
+
+    fn spec(dir: &Path, extra: serde_json::Value) -> VmSpec {
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut v = serde_json::json!({"name": "t", "backend": "cloud-hypervisor", "accel": "kvm", "boot": {"kernel": kernel}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn field_of(e: Error) -> String {
+        match e {
+            Error::InvalidSpec(s) => s.field,
+            other => panic!("not a spec error: {other}"),
+        }
+    }
+
+    #[test]
+    fn prepare_builds_the_marker_argv_and_create_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths::new(Path::new("/run/p"), "t");
+        let plan = backend().prepare(&spec(dir.path(), serde_json::json!({"vsock": true})), &paths).unwrap();
+        assert_eq!(plan.arg0.as_deref(), Some(std::ffi::OsStr::new("paddock-t")));
+        assert_eq!(plan.marker, "paddock-t");
+        let cfg = plan.api_config.unwrap();
+        assert_eq!(cfg.vsock.map(|v| v.cid), Some(i64::from(vsock_cid("t"))));
+        assert_eq!(cfg.serial.file.as_deref(), Some(paths.console_log.as_path()));
+    }
+
+    #[test]
+    fn what_cloud_hypervisor_cannot_do_is_an_invalid_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths::new(Path::new("/run/p"), "t");
+        let b = backend();
+        let tcg = spec(dir.path(), serde_json::json!({"accel": "tcg"}));
+        assert_eq!(field_of(b.prepare(&tcg, &paths).unwrap_err()), "accel");
+        let user = spec(dir.path(), serde_json::json!({"network": {"mode": "user"}}));
+        assert_eq!(field_of(b.prepare(&user, &paths).unwrap_err()), "network.mode");
+        let disk = dir.path().join("root.raw");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let no_fw = spec(dir.path(), serde_json::json!({"boot": {"disk": disk}}));
+        assert_eq!(field_of(b.prepare(&no_fw, &paths).unwrap_err()), "boot.firmware");
+    }
+
     #[test]
     fn a_missing_binary_is_not_found() {
         assert!(find_binary(Path::new("/nonexistent/cloud-hypervisor")).is_none());
