@@ -117,11 +117,14 @@ impl ApiClient {
         Self::parse("vmm.ping", &b)
     }
 
-    /// `None` when no VM is created yet (404).
+    /// `None` when no VM is created yet: 404 as the API document says;
+    /// older CH releases answered 500 with CH's `VmNotCreated` message.
     pub async fn info(&self) -> Result<Option<VmInfo>, ControlError> {
         let (status, bytes) = self.request(Method::GET, "vm.info", None).await?;
+        let not_created = || String::from_utf8_lossy(&bytes).contains("VM is not created");
         match status {
             StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::INTERNAL_SERVER_ERROR if not_created() => Ok(None),
             s if s.is_success() => Self::parse("vm.info", &bytes).map(Some),
             s => Err(ControlError::Command {
                 command: "vm.info".into(),
