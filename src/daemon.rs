@@ -14,6 +14,7 @@ pub struct ServeOptions {
     pub run_dir: PathBuf,
     pub socket: PathBuf,
     pub qemu_binary: PathBuf,
+    pub cloud_hypervisor_binary: PathBuf,
     pub control_timeout: Duration,
     pub net: paddock_actors::netmgr::NetConfig,
 }
@@ -23,6 +24,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let _failpoints = fail::FailScenario::setup();
     let mut cfg = RuntimeConfig::new(&opts.state_dir, &opts.run_dir);
     cfg.qemu_binary = opts.qemu_binary.clone();
+    cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
     let listener = bind(&opts.socket).await?;

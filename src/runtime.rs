@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+use paddock_actors::cloud_hypervisor::CloudHypervisorBackend;
 use paddock_actors::qemu::QemuBackend;
 use paddock_actors::vm::VmMessage;
 use paddock_actors::{
@@ -22,6 +23,10 @@ pub struct RuntimeConfig {
     /// Sockets, logs and other per-run files of each VM.
     pub run_dir: PathBuf,
     pub qemu_binary: PathBuf,
+    /// `cloud-hypervisor`, found on PATH unless a path is given. A VM with
+    /// `backend = "cloud-hypervisor"` is refused with the reason when the
+    /// binary is missing or the host has no hardware virtualisation.
+    pub cloud_hypervisor_binary: PathBuf,
     /// Deadline for connecting to a control socket and for each command.
     pub control_timeout: Duration,
     /// Address pool and NAT for `network.mode = "tap"`.
@@ -34,6 +39,7 @@ impl RuntimeConfig {
             state_dir: state_dir.into(),
             run_dir: run_dir.into(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            cloud_hypervisor_binary: PathBuf::from("cloud-hypervisor"),
             control_timeout: Duration::from_secs(10),
             net: paddock_actors::netmgr::NetConfig::default(),
         }
@@ -71,12 +77,14 @@ impl Runtime {
         let board = StatusBoard::default();
         let qemu: Arc<dyn paddock_actors::Backend> =
             Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout));
+        let cloud_hypervisor: Arc<dyn paddock_actors::Backend> =
+            Arc::new(CloudHypervisorBackend::new(config.cloud_hypervisor_binary.clone(), config.control_timeout));
         let args = RegistryArgs {
             store,
             events: events.clone(),
             board: board.clone(),
             run_dir: config.run_dir.clone(),
-            backends: Backends { qemu: Some(qemu), cloud_hypervisor: None },
+            backends: Backends { qemu: Some(qemu), cloud_hypervisor: Some(cloud_hypervisor) },
             control_timeout: config.control_timeout,
             records,
             net: net.clone(),

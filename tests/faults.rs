@@ -40,8 +40,12 @@ fn restart_clean(d: &mut Daemon) {
     d.spawn();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_at_each_step_of_up_leaves_the_vm_running_or_absent() {
+/// The daemon dies at each step of `up`; after a clean restart the VM is
+/// running (and fully usable: ACPI stop, rm, up again) or absent.
+/// `hypervisor` selects the backend's fake: QEMU's, or Cloud Hypervisor's,
+/// where a crash after the spawn leaves a process with no VM in it that the
+/// next daemon adopts and finishes booting (vm.create, vm.boot).
+async fn crash_at_each_step_of_up(cloud_hypervisor: bool) {
     let expect = [
         ("up.before-insert", false),
         ("up.after-insert", false),
@@ -50,9 +54,23 @@ async fn crash_at_each_step_of_up_leaves_the_vm_running_or_absent() {
         ("start.after-run-recorded", true),
         ("start.before-running", true),
     ];
+    let spec = |d: &Daemon| {
+        let mut s = fake_spec(d, "fp");
+        if cloud_hypervisor {
+            s.backend = paddock::spec::BackendKind::CloudHypervisor;
+            s.accel = paddock::spec::Accel::Kvm;
+        }
+        s
+    };
     for (point, running) in expect {
-        let mut d = daemon_failing_at(point);
-        let r = d.client.up(&fake_spec(&d, "fp"), WaitFor::Running, 30).await;
+        let fp = format!("{point}=return");
+        let binary = if cloud_hypervisor {
+            ["--cloud-hypervisor-binary", fake_ch()]
+        } else {
+            ["--qemu-binary", fake_qemu()]
+        };
+        let mut d = Daemon::start_with(&binary, &[("FAILPOINTS", fp.as_str())]);
+        let r = d.client.up(&spec(&d), WaitFor::Running, 30).await;
         assert!(r.is_err(), "{point}: up succeeded although the daemon died");
         assert!(!d.wait_exit().success(), "{point}: daemon did not die");
         restart_clean(&mut d);
@@ -61,12 +79,24 @@ async fn crash_at_each_step_of_up_leaves_the_vm_running_or_absent() {
         assert_eq!(is_running, running, "{point}");
         // Whatever remains is fully usable.
         if is_running {
-            d.client.remove("fp", true).await.expect("rm");
+            let out = d.client.stop("fp", 10).await.expect("stop");
+            assert_eq!(out.rung, Some(paddock::Rung::Acpi), "{point}: {out:?}");
+            d.client.remove("fp", false).await.expect("rm");
         }
-        d.client.up(&fake_spec(&d, "fp"), WaitFor::Ready, 30).await.expect("up after recovery");
+        d.client.up(&spec(&d), WaitFor::Ready, 30).await.expect("up after recovery");
         d.client.remove("fp", true).await.expect("rm");
         assert!(!running_or_absent(&d, "fp").await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_each_step_of_up_leaves_the_vm_running_or_absent() {
+    crash_at_each_step_of_up(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ch_crash_at_each_step_of_up_leaves_the_vm_running_or_absent() {
+    crash_at_each_step_of_up(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,9 @@ impl RunPaths {
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {
     pub program: PathBuf,
+    /// argv[0] when it is not `program`: Cloud Hypervisor has no `-name`,
+    /// so its marker is its process name.
+    pub arg0: Option<OsString>,
     pub args: Vec<OsString>,
     pub paths: RunPaths,
     pub accel: Accel,
@@ -54,6 +57,46 @@ pub struct LaunchPlan {
     pub guest_address: Vec<String>,
     /// Recognises our process in /proc/PID/cmdline (e.g. `paddock-web`).
     pub marker: String,
+    /// The body of `vm.create`, for a backend that configures its VM
+    /// through the control channel (Cloud Hypervisor) rather than argv.
+    pub api_config: Option<Box<crate::cloud_hypervisor::api::VmConfig>>,
+}
+
+/// The marker of VM `name`'s hypervisor process, the same for every
+/// backend: QEMU carries it as `-name`, Cloud Hypervisor as argv[0].
+pub fn marker(name: &str) -> String {
+    format!("paddock-{name}")
+}
+
+/// An extra disk of the spec, its file checked and its format known.
+#[derive(Debug, Clone)]
+pub struct CheckedDisk {
+    pub path: PathBuf,
+    pub format: paddock_images::DiskFormat,
+    pub readonly: bool,
+}
+
+/// A `paddock-images` check failure as a spec error naming the field
+/// (its message already starts with the field name).
+pub fn image_error(e: paddock_images::Error) -> Error {
+    let text = e.to_string();
+    let (field, message) = text.split_once(": ").unwrap_or(("boot", text.as_str()));
+    Error::InvalidSpec(crate::error::SpecError::new(field, message))
+}
+
+/// Checks every extra disk of `spec` and settles its format.
+pub fn check_disks(spec: &VmSpec) -> Result<Vec<CheckedDisk>, Error> {
+    let mut disks = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let field = format!("disks[{i}].path");
+        paddock_images::check_file(&field, &d.path).map_err(image_error)?;
+        let format = match d.format {
+            Some(f) => f,
+            None => paddock_images::detect_format(&field, &d.path).map_err(image_error)?,
+        };
+        disks.push(CheckedDisk { path: d.path.clone(), format, readonly: d.readonly });
+    }
+    Ok(disks)
 }
 
 /// The plan of a process we did not start (adopted after a supervisor
@@ -62,11 +105,13 @@ pub struct LaunchPlan {
 pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> LaunchPlan {
     LaunchPlan {
         program: PathBuf::new(),
+        arg0: None,
         args: Vec::new(),
         paths: paths.clone(),
         accel: spec.accel,
         guest_address: reach(spec, lease),
-        marker: format!("paddock-{}", spec.name),
+        marker: marker(&spec.name),
+        api_config: None,
     }
 }
 
@@ -154,4 +199,21 @@ pub trait Backend: Send + Sync + 'static {
     /// Connect to the control socket of a process started from `plan`,
     /// waiting for the socket to appear; gives up at the deadline.
     async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError>;
+}
+
+/// Golden files under tests/golden/, refreshed with PADDOCK_UPDATE_GOLDEN=1.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::path::Path;
+
+    pub fn golden(name: &str, text: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
+        if std::env::var_os("PADDOCK_UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path:?}: {e}; run with PADDOCK_UPDATE_GOLDEN=1 to create it"));
+        assert_eq!(text, want, "output differs from {path:?}; if intended, refresh with PADDOCK_UPDATE_GOLDEN=1");
+    }
 }

@@ -8,13 +8,14 @@
 //!    `- Console            console.log tail -> ring buffer, followers, writer
 //! ```
 //!
-//! Owns: VM specs and their validation, hypervisor backends (QEMU now), the
+//! Owns: VM specs and their validation, hypervisor backends (QEMU, Cloud Hypervisor), the
 //! durable store (SQLite), the event log and the status board. Does not
 //! own: the HTTP API, the CLI or configuration files (root package).
 
 pub mod accel;
 pub mod backend;
 pub mod board;
+pub mod cloud_hypervisor;
 pub mod console;
 pub mod control;
 pub mod error;

@@ -22,7 +22,7 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start {program:?}; is it installed? (set --qemu-binary to its path)")]
+    #[error("cannot start {program:?}; is it installed? (set --qemu-binary or --cloud-hypervisor-binary to its path)")]
     Exec {
         program: std::path::PathBuf,
         #[source]
@@ -53,6 +53,9 @@ pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
         .map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
     let mut cmd = std::process::Command::new(&plan.program);
+    if let Some(arg0) = &plan.arg0 {
+        cmd.arg0(arg0);
+    }
     cmd.args(&plan.args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; a new session detaches the hypervisor from our terminal and

@@ -3,9 +3,10 @@
 //! record (orphans).
 //!
 //! A process is adopted only if its pid, its start time (/proc/PID/stat),
-//! the host's boot id and its marker (`-name paddock-NAME`) all match the
-//! record: pids are reused, and a process that merely has the same pid is
-//! neither adopted nor touched.
+//! the host's boot id and its marker all match the record: pids are
+//! reused, and a process that merely has the same pid is neither adopted
+//! nor touched. The marker is `paddock-NAME` in either backend's form:
+//! QEMU's `-name paddock-NAME`, Cloud Hypervisor's argv[0].
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -37,8 +38,20 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
 }
 
-fn has_marker(argv: &[String], marker: &str) -> bool {
-    argv.windows(2).any(|w| w[0] == "-name" && (w[1] == marker || w[1].starts_with(&format!("{marker},"))))
+/// The `paddock-NAME` marker a process carries, in either backend's form:
+/// QEMU's `-name paddock-NAME[,...]` or Cloud Hypervisor's argv[0].
+pub fn marker_of(argv: &[String]) -> Option<String> {
+    let is_marker = |m: &str| m.strip_prefix("paddock-").is_some_and(|n| crate::spec::validate_name(n).is_ok());
+    if let Some(m) = argv.windows(2).find(|w| w[0] == "-name").map(|w| w[1].split(',').next().unwrap_or_default().to_string()) {
+        if is_marker(&m) {
+            return Some(m);
+        }
+    }
+    argv.first().filter(|a| is_marker(a)).cloned()
+}
+
+pub fn has_marker(argv: &[String], marker: &str) -> bool {
+    marker_of(argv).as_deref() == Some(marker)
 }
 
 /// Checks the recorded run against the live process table and, if it
@@ -67,16 +80,44 @@ pub fn verify(run: &RunRecord, marker: &str) -> Result<OwnedFd, NotAdoptable> {
     Ok(fd)
 }
 
+/// How an orphan's hypervisor can be asked to quit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrphanControl {
+    /// QEMU: `-qmp unix:PATH`.
+    Qmp(PathBuf),
+    /// Cloud Hypervisor: `--api-socket path=PATH`.
+    ChApi(PathBuf),
+    None,
+}
+
 /// A live process that carries the paddock marker, belongs to this run
 /// directory, and is not supervised.
 #[derive(Debug, Clone)]
 pub struct Orphan {
     pub pid: i32,
     pub marker: String,
-    pub qmp: Option<PathBuf>,
+    pub control: OrphanControl,
 }
 
-/// Processes named `paddock-*` whose argv mentions `run_dir`, minus
+/// The control socket named on a hypervisor's command line.
+fn control_of(argv: &[String]) -> OrphanControl {
+    for w in argv.windows(2) {
+        if w[0] == "-qmp" {
+            if let Some(s) = w[1].strip_prefix("unix:") {
+                return OrphanControl::Qmp(PathBuf::from(s.split(',').next().unwrap_or(s)));
+            }
+        }
+        if w[0] == "--api-socket" {
+            let path = w[1].split(',').find_map(|kv| kv.strip_prefix("path=")).or_else(|| (!w[1].contains('=')).then_some(w[1].as_str()));
+            if let Some(p) = path {
+                return OrphanControl::ChApi(PathBuf::from(p));
+            }
+        }
+    }
+    OrphanControl::None
+}
+
+/// Processes marked `paddock-*` whose argv mentions `run_dir`, minus
 /// `known` (the adopted ones). Other daemons' VMs (other run dirs) are
 /// not ours to judge.
 pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
@@ -89,22 +130,17 @@ pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
             continue;
         }
         let Some(argv) = cmdline(pid) else { continue };
-        let Some(marker) = argv.windows(2).find(|w| w[0] == "-name" && w[1].starts_with("paddock-")).map(|w| w[1].clone()) else {
-            continue;
-        };
+        let Some(marker) = marker_of(&argv) else { continue };
         if !argv.iter().any(|a| a.contains(&needle)) {
             continue;
         }
-        let qmp = argv
-            .windows(2)
-            .find(|w| w[0] == "-qmp")
-            .and_then(|w| w[1].strip_prefix("unix:").map(|s| PathBuf::from(s.split(',').next().unwrap_or(s))));
-        out.push(Orphan { pid, marker, qmp });
+        out.push(Orphan { pid, marker, control: control_of(&argv) });
     }
     out
 }
 
-/// Stops an orphan through the ladder's non-guest rungs: QMP quit, then
+/// Stops an orphan through the ladder's non-guest rungs: quit (QMP `quit`
+/// or CH `vm.shutdown` + `vmm.shutdown`), then
 /// SIGTERM, then SIGKILL, each with a bounded wait. Returns the rung that
 /// ended it.
 pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str {
@@ -121,13 +157,19 @@ pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str 
         let fd = &fd;
         async move { tokio::time::timeout(d, fd.readable()).await.is_ok() }
     };
-    if let Some(qmp) = &o.qmp {
-        if let Ok(mut c) = crate::qemu::qmp::QmpClient::connect(qmp, control_timeout).await {
-            let _ = c.execute("quit", None).await;
-            if wait(Duration::from_secs(5)).await {
-                return "quit";
-            }
+    let asked = match &o.control {
+        OrphanControl::Qmp(qmp) => match crate::qemu::qmp::QmpClient::connect(qmp, control_timeout).await {
+            Ok(mut c) => c.execute("quit", None).await.is_ok(),
+            Err(_) => false,
+        },
+        OrphanControl::ChApi(api) => {
+            let c = crate::cloud_hypervisor::client::ApiClient::new(api, control_timeout);
+            crate::cloud_hypervisor::backend::quit(&c, &std::sync::atomic::AtomicBool::new(true)).await.is_ok()
         }
+        OrphanControl::None => false,
+    };
+    if asked && wait(Duration::from_secs(5)).await {
+        return "quit";
     }
     let _ = pidfd_signal(fd.get_ref(), libc::SIGTERM);
     if wait(Duration::from_secs(5)).await {
@@ -173,11 +215,31 @@ mod tests {
         assert_eq!(verify(&r, "paddock-x").unwrap_err(), NotAdoptable::Rebooted);
     }
 
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
     #[test]
     fn marker_must_be_an_exact_name_argument() {
-        let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(has_marker(&argv("qemu -name paddock-web -m 1"), "paddock-web"));
+        assert!(has_marker(&argv("qemu -name paddock-web,debug-threads=on"), "paddock-web"));
         assert!(!has_marker(&argv("qemu -name paddock-web2 -m 1"), "paddock-web"));
         assert!(!has_marker(&argv("qemu paddock-web"), "paddock-web"));
+    }
+
+    #[test]
+    fn cloud_hypervisor_marker_is_argv0() {
+        let a = argv("paddock-web --api-socket path=/run/p/web/control.sock --event-monitor path=/run/p/web/events.json");
+        assert!(has_marker(&a, "paddock-web"));
+        assert_eq!(control_of(&a), OrphanControl::ChApi("/run/p/web/control.sock".into()));
+        assert!(!has_marker(&argv("/usr/bin/cloud-hypervisor --api-socket path=/x"), "paddock-web"));
+        // The daemon itself is not a VM.
+        assert_eq!(marker_of(&argv("/usr/bin/paddock serve --run-dir /run/p")), None);
+    }
+
+    #[test]
+    fn qemu_control_is_the_qmp_socket() {
+        let a = argv("qemu -name paddock-web -qmp unix:/run/p/web/control.sock,server=on,wait=off");
+        assert_eq!(control_of(&a), OrphanControl::Qmp("/run/p/web/control.sock".into()));
     }
 }

@@ -214,7 +214,7 @@ impl RegistryState {
                 None
             }
         };
-        let marker = format!("paddock-{name}");
+        let marker = crate::backend::marker(&name);
         let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker)));
         if let Some((_, pid, Err(e))) = &verified {
             // Not ours any more (or gone): never adopted, never signalled.

@@ -37,6 +37,10 @@ pub struct VmSpec {
     pub ready_pattern: Option<String>,
     #[serde(default)]
     pub restart: RestartSpec,
+    /// A virtio-vsock device with a per-VM guest CID (Cloud Hypervisor:
+    /// hybrid vsock, proxied through `<run-dir>/<name>/vsock.sock`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vsock: bool,
 }
 
 fn default_vcpus() -> u32 {

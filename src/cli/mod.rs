@@ -53,7 +53,9 @@ enum Command {
         run_dir: PathBuf,
         #[arg(long, env = "PADDOCK_QEMU", default_value = "qemu-system-x86_64")]
         qemu_binary: PathBuf,
-        /// Deadline for every control-socket call (QMP), in milliseconds.
+        #[arg(long, env = "CLOUD_HYPERVISOR_BIN", default_value = "cloud-hypervisor")]
+        cloud_hypervisor_binary: PathBuf,
+        /// Deadline for every control-socket call (QMP, CH API), in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         control_timeout_ms: u64,
         /// Address pool of TAP leases (a /30 per VM).
@@ -164,7 +166,7 @@ async fn run(cli: Cli) -> i32 {
     let client = Client::new(&cli.socket);
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, control_timeout_ms, net_pool, masquerade } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, control_timeout_ms, net_pool, masquerade } => {
             let pool = match net_pool.parse::<paddock_net::Pool>() {
                 Ok(p) => p,
                 Err(e) => {
@@ -183,6 +185,7 @@ async fn run(cli: Cli) -> i32 {
                 run_dir,
                 socket: cli.socket.clone(),
                 qemu_binary,
+                cloud_hypervisor_binary,
                 control_timeout: Duration::from_millis(control_timeout_ms),
             };
             return match crate::daemon::serve(opts).await {

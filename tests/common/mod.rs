@@ -410,6 +410,11 @@ pub fn fake_qemu() -> &'static str {
     env!("CARGO_BIN_EXE_paddock-fake-qemu")
 }
 
+/// The fake Cloud Hypervisor, for `--cloud-hypervisor-binary`.
+pub fn fake_ch() -> &'static str {
+    env!("CARGO_BIN_EXE_paddock-fake-ch")
+}
+
 /// A spec for the fake hypervisor (it ignores the kernel's contents).
 pub fn fake_spec(d: &Daemon, name: &str) -> VmSpec {
     let kernel = d.dir.path().join("kernel");

@@ -17,12 +17,7 @@ pub enum QemuBoot {
     Disk { disk: PathBuf, format: DiskFormat, firmware: Option<PathBuf> },
 }
 
-#[derive(Debug, Clone)]
-pub struct QemuDisk {
-    pub path: PathBuf,
-    pub format: DiskFormat,
-    pub readonly: bool,
-}
+pub type QemuDisk = crate::backend::CheckedDisk;
 
 #[derive(Debug, Clone)]
 pub enum QemuNet {
@@ -48,7 +43,7 @@ pub struct QemuConfig {
 /// The process name QEMU shows; also the marker that recognises our
 /// processes after a supervisor restart.
 pub fn marker(name: &str) -> String {
-    format!("paddock-{name}")
+    crate::backend::marker(name)
 }
 
 /// QEMU's `-drive`/`-chardev` option syntax uses ',' as separator; a comma
@@ -146,15 +141,8 @@ mod tests {
     use std::path::Path;
 
     fn golden(name: &str, argv: &[OsString]) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
         let text: String = argv.iter().map(|a| format!("{}\n", a.to_string_lossy())).collect();
-        if std::env::var_os("PADDOCK_UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path:?}: {e}; run with PADDOCK_UPDATE_GOLDEN=1 to create it"));
-        assert_eq!(text, want, "argv differs from {path:?}; if intended, refresh with PADDOCK_UPDATE_GOLDEN=1");
+        crate::backend::tests_support::golden(name, &text);
     }
 
     fn base() -> QemuConfig {

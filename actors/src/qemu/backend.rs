@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::argv::{self, QemuBoot, QemuConfig, QemuDisk, QemuNet};
+use super::argv::{self, QemuBoot, QemuConfig, QemuNet};
 use super::qmp::QmpClient;
 use crate::accel;
-use crate::backend::{Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
 
@@ -30,13 +30,6 @@ impl QemuBackend {
     }
 }
 
-fn spec_err(e: paddock_images::Error) -> Error {
-    // paddock-images errors already start with the field name.
-    let text = e.to_string();
-    let (field, message) = text.split_once(": ").unwrap_or(("boot", text.as_str()));
-    Error::InvalidSpec(SpecError::new(field, message))
-}
-
 #[async_trait]
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
@@ -52,11 +45,14 @@ impl Backend for QemuBackend {
                 });
             }
         }
+        if spec.vsock {
+            return Err(SpecError::new("vsock", "vsock is available with backend = \"cloud-hypervisor\" only, for now").into());
+        }
         let boot = match (&spec.boot.kernel, &spec.boot.disk) {
             (Some(kernel), _) => {
-                check_file("boot.kernel", kernel).map_err(spec_err)?;
+                check_file("boot.kernel", kernel).map_err(image_error)?;
                 if let Some(i) = &spec.boot.initrd {
-                    check_file("boot.initrd", i).map_err(spec_err)?;
+                    check_file("boot.initrd", i).map_err(image_error)?;
                 }
                 // Direct kernel boots learn their address from the kernel's
                 // standard `ip=` argument.
@@ -73,25 +69,16 @@ impl Backend for QemuBackend {
                 QemuBoot::Kernel { kernel: kernel.clone(), initrd: spec.boot.initrd.clone(), cmdline }
             }
             (None, Some(disk)) => {
-                check_file("boot.disk", disk).map_err(spec_err)?;
+                check_file("boot.disk", disk).map_err(image_error)?;
                 if let Some(fw) = &spec.boot.firmware {
-                    check_file("boot.firmware", fw).map_err(spec_err)?;
+                    check_file("boot.firmware", fw).map_err(image_error)?;
                 }
-                let format = detect_format("boot.disk", disk).map_err(spec_err)?;
+                let format = detect_format("boot.disk", disk).map_err(image_error)?;
                 QemuBoot::Disk { disk: disk.clone(), format, firmware: spec.boot.firmware.clone() }
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
         };
-        let mut disks = Vec::new();
-        for (i, d) in spec.disks.iter().enumerate() {
-            let field = format!("disks[{i}].path");
-            check_file(&field, &d.path).map_err(spec_err)?;
-            let format = match d.format {
-                Some(f) => f,
-                None => detect_format(&field, &d.path).map_err(spec_err)?,
-            };
-            disks.push(QemuDisk { path: d.path.clone(), format, readonly: d.readonly });
-        }
+        let disks = check_disks(spec)?;
         let net = match (spec.network.mode, lease) {
             (NetworkMode::None, _) => QemuNet::None,
             (NetworkMode::User, _) => QemuNet::User { mac: MacAddress::for_vm(&spec.name), forwards: spec.network.forwards.clone() },
@@ -113,11 +100,13 @@ impl Backend for QemuBackend {
         let guest_address = crate::backend::reach(spec, lease);
         Ok(LaunchPlan {
             program: self.binary.clone(),
+            arg0: None,
             args: argv::build(&cfg),
             paths: paths.clone(),
             accel,
             guest_address,
             marker: argv::marker(&spec.name),
+            api_config: None,
         })
     }
 

@@ -389,10 +389,12 @@ impl VmState {
         let plan = self.backend.prepare(&self.spec, &self.paths, lease.as_ref())?;
         std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
         crash_point!("start.after-dir");
-        // Our own directory: sockets left by a previous run of this VM
-        // (whose process is gone, or we would not be starting) are stale.
+        // Our own directory: sockets left by a previous run of this VM are
+        // stale once nobody listens on them (a hypervisor refuses to bind
+        // over an existing file, Cloud Hypervisor #7784). One that answers
+        // belongs to a live process: never pull it from under it.
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
-            let _ = std::fs::remove_file(p);
+            remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         let _ = self.transition(PhaseEvent::StartRequested).await;
         let spawned = match process::spawn(&plan) {
@@ -647,7 +649,16 @@ impl VmState {
                 }
                 self.stop_after_adopt = stop;
                 let lease = self.deps.net.lease_of_vm(&self.name).await.ok().flatten();
-                let plan = crate::backend::adoption_plan(&self.spec, &self.paths, lease.as_ref());
+                // The prepared plan carries what a backend may still need
+                // to finish an interrupted boot (CH's vm.create body);
+                // if the host or files changed, the bare plan will do.
+                let plan = match self.backend.prepare(&self.spec, &self.paths, lease.as_ref()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(vm = %self.name, error = %e, "adopting with the recorded paths only");
+                        crate::backend::adoption_plan(&self.spec, &self.paths, lease.as_ref())
+                    }
+                };
                 let watch = Watch::Adopted { pid, pidfd };
                 let process = match Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch }, me.get_cell()).await {
                     Ok((p, _)) => p,
@@ -988,6 +999,22 @@ async fn control_call(
         Ok(ractor::rpc::CallResult::Success(r)) => r.map(drop),
         Ok(ractor::rpc::CallResult::Timeout) => Err(format!("{cmd:?} timed out")),
         Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err("control actor is gone".into()),
+    }
+}
+
+/// Removes a socket file nobody listens on; refuses (AddrInUse) if a
+/// live process still accepts connections on it.
+fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{path:?} belongs to a live process; stop it before starting this VM again"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
     }
 }
 
