@@ -21,13 +21,26 @@
 //! `spawn_blocking`. [`ImageCache::pull`] is async (tokio).
 
 mod error;
+mod fat;
 mod format;
 mod qcow2;
+mod quote;
+mod seed;
+mod seed_image;
+mod service_disk;
 mod tmp;
 
 pub use error::{Error, Result};
+pub use fat::FatError;
 pub use format::{detect_format, DiskFormat};
 pub use qcow2::{backing_file, create_overlay, ensure_data_disk, DataDisk, Overlay, Qcow2Error, MAX_VIRTUAL_SIZE};
+pub use quote::{shell_quote, shell_quote_checked, QuoteError};
+pub use seed::{
+    CloudConfig, Ethernet, InstanceId, Match, MetaData, Nameservers, NetworkConfig, Route, RunCmd, Seed, SeedError, SeedFiles,
+    User, UserData, WriteFile,
+};
+pub use seed_image::{write_seed_image, SeedFormat, SeedImageError};
+pub use service_disk::{Launcher, ServiceDisk, ServiceDiskError, ServiceDiskInfo, LAUNCHER_NAME};
 
 use std::path::Path;
 
