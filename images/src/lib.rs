@@ -20,6 +20,7 @@
 //! starts a process. File-writing calls block; async callers run them on
 //! `spawn_blocking`. [`ImageCache::pull`] is async (tokio).
 
+mod cache;
 mod error;
 mod fat;
 mod format;
@@ -30,6 +31,7 @@ mod seed_image;
 mod service_disk;
 mod tmp;
 
+pub use cache::{parse_sha256, CacheError, CacheOptions, CachedImage, ImageCache, Progress};
 pub use error::{Error, Result};
 pub use fat::FatError;
 pub use format::{detect_format, DiskFormat};
