@@ -457,6 +457,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -347,6 +347,7 @@ fn copy(input: &mut impl Read, out: &mut impl Write, _path: &Path) -> Result<(),
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

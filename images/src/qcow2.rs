@@ -130,10 +130,7 @@ pub fn create_overlay(base: &Path, overlay: &Path, virtual_size: Option<u64>) ->
     if !meta.is_file() {
         return Err(Qcow2Error::BadBase { path: base.to_path_buf(), format: "disk", reason: "not a regular file".into() });
     }
-    let base_format = detect_format("base", base).map_err(|_| {
-        // detect_format only fails to open; say it with our own field name.
-        unreadable(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
-    })?;
+    let base_format = detect_format("base", base).map_err(|e| unreadable(io_source(e)))?;
     let base_size = match base_format {
         DiskFormat::Raw => meta.len(),
         DiskFormat::Qcow2 => qcow2_virtual_size(base)?,
@@ -175,16 +172,19 @@ fn existing_data_disk(path: &Path) -> Result<Option<DataDisk>, Qcow2Error> {
     match detect_format("path", path) {
         Ok(DiskFormat::Qcow2) => {}
         Ok(DiskFormat::Raw) => return Err(Qcow2Error::NotQcow2 { path: path.to_path_buf() }),
-        Err(_) => {
-            return Err(Qcow2Error::Unreadable {
-                field: "path",
-                path: path.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-            })
-        }
+        Err(e) => return Err(Qcow2Error::Unreadable { field: "path", path: path.to_path_buf(), source: io_source(e) }),
     }
     let virtual_size = qcow2_virtual_size(path).map_err(|_| Qcow2Error::NotQcow2 { path: path.to_path_buf() })?;
     Ok(Some(DataDisk::Existing { virtual_size }))
+}
+
+/// The I/O error inside a format-detection error (which only fails to open
+/// or read the file).
+fn io_source(e: crate::Error) -> std::io::Error {
+    match e {
+        crate::Error::Unreadable { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    }
 }
 
 /// The virtual size field of a qcow2 header (offset 24, big-endian).
@@ -349,6 +349,7 @@ pub fn backing_file(path: &Path) -> Result<Option<PathBuf>, Qcow2Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

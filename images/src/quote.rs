@@ -39,6 +39,7 @@ pub fn shell_quote_checked(what: &str, s: &str) -> Result<String, QuoteError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::process::Command;

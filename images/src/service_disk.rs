@@ -190,6 +190,7 @@ fn walk(host: &Path, at: &str, add: &mut dyn FnMut(Entry) -> Result<(), ServiceD
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -2,6 +2,8 @@
 //! (127.0.0.1 only): resume after a drop, checksum mismatch, 404, a
 //! stalling server, the size limit, deduplication, list and remove.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use paddock_images::{CacheError, CacheOptions, ImageCache, Progress};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,6 +3,8 @@
 //! `isoinfo`, `fsck.vfat` and `mtools` (test oracles only; Paddock never
 //! runs them). Tests skip with a message when a tool is missing.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use paddock_images::*;
 use std::path::Path;
 use std::process::Command;
