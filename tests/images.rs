@@ -79,7 +79,9 @@ async fn guest_mounts_the_seed_as_iso_and_as_vfat() {
 
     let spec = spec_with_disks("seed", "paddock.cat_disk=/dev/vda,/dev/vdb", &[(&iso, true), (&vfat, true)]);
     d.client.up(&spec, WaitFor::Running, BOOT).await.expect("up");
-    let log = wait_console(&d.client, "seed", "PADDOCK-CAT-END /dev/vdb", Duration::from_secs(BOOT)).await;
+    // The disk switches run before the ready marker: once it is there, their
+    // output is complete (a needle can match a half-received line).
+    let log = wait_console(&d.client, "seed", READY_MARKER, Duration::from_secs(BOOT)).await;
 
     for (dev, fs) in [("/dev/vda", "iso9660"), ("/dev/vdb", "vfat")] {
         assert!(log.contains(&format!("PADDOCK-CAT-BEGIN {dev} {fs}")), "{dev} not mounted as {fs}:\n{log}");
@@ -108,9 +110,8 @@ async fn guest_writes_through_a_rust_overlay_and_the_base_is_untouched() {
 
     let spec = spec_with_disks("ovl", "paddock.write_disk=/dev/vda", &[(&overlay, false)]);
     d.client.up(&spec, WaitFor::Running, BOOT).await.expect("up");
-    let log = wait_console(&d.client, "ovl", "PADDOCK-WRITE-", Duration::from_secs(BOOT)).await;
+    let log = wait_console(&d.client, "ovl", READY_MARKER, Duration::from_secs(BOOT)).await;
     assert!(log.contains("PADDOCK-WRITE-DONE /dev/vda"), "{log}");
-    wait_console(&d.client, "ovl", READY_MARKER, Duration::from_secs(BOOT)).await;
     d.client.stop("ovl", 30).await.expect("stop");
 
     let check = qemu_img(&["check", "--output=json"], &overlay);
@@ -166,7 +167,7 @@ async fn guest_runs_the_service_disk_launcher_with_exact_arguments() {
 
     let spec = spec_with_disks("svc", "paddock.run_disk=/dev/vda", &[(&img, true)]);
     d.client.up(&spec, WaitFor::Running, BOOT).await.expect("up");
-    let log = wait_console(&d.client, "svc", "PADDOCK-RUN-END", Duration::from_secs(BOOT)).await;
+    let log = wait_console(&d.client, "svc", READY_MARKER, Duration::from_secs(BOOT)).await;
     let got = section(&log, "PADDOCK-RUN-BEGIN", "PADDOCK-RUN-END");
     let mut want: String = values.iter().map(|v| format!("[{v}]\n")).collect();
     want.push_str("<it's \"quoted\" $HOME>\nhello from a nested file\nkey = 'value'\n");
