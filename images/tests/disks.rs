@@ -172,3 +172,23 @@ fn service_disk_copies_trees_and_sizes_itself_from_content() {
     let launcher = run(Command::new("mtype").arg("-i").arg(&out).arg(format!("::/{LAUNCHER_NAME}")));
     assert!(launcher.contains(r"exec 'echo' 'it'\''s'"), "{launcher}");
 }
+
+#[test]
+fn large_service_disk_is_fat32_and_checks_clean() {
+    if !tool("fsck.vfat") || !tool("mtype") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big");
+    std::fs::create_dir_all(src.join("sub/dir")).unwrap();
+    // Sparse on the host; 130 MiB of zeros on the FAT volume.
+    std::fs::File::create(src.join("sub/dir/zeros.bin")).unwrap().set_len(130 << 20).unwrap();
+    std::fs::write(src.join("sub/small.txt"), b"small").unwrap();
+    let disk = ServiceDisk { label: "BIG".into(), trees: vec![(src, "".into())], ..Default::default() };
+    let out = dir.path().join("big.img");
+    let info = disk.write(&out).unwrap();
+    assert!(info.size >= 130 << 20, "{}", info.size);
+    let fsck = run(Command::new("fsck.vfat").args(["-n", "-v"]).arg(&out));
+    assert!(fsck.contains("32 bit entries"), "expected FAT32: {fsck}");
+    assert_eq!(run(Command::new("mtype").arg("-i").arg(&out).arg("::/sub/small.txt")), "small");
+}
