@@ -57,6 +57,8 @@ impl Default for CacheOptions {
 }
 
 /// Download progress: bytes done and, when the server said, the total.
+/// `done` drops back to 0 if a server answers a resume with the whole
+/// image (it ignored the Range header) and the download starts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
     pub done: u64,
@@ -216,7 +218,8 @@ impl ImageCache {
 
     /// Downloads `url` unless an image with `sha256` is already cached, and
     /// returns the verified image. `on_progress` is called as bytes arrive
-    /// (for a cached image: once, complete). Concurrent pulls of the same
+    /// (not necessarily for every chunk) and always once more with the
+    /// final size on success (for a cached image: only that once). Concurrent pulls of the same
     /// URL and sha256 share one download.
     pub async fn pull(&self, url: &str, sha256: &str, mut on_progress: impl FnMut(Progress)) -> Result<CachedImage, CacheError> {
         let hex = parse_sha256(sha256)?;
@@ -249,7 +252,14 @@ impl ImageCache {
         loop {
             let state = rx.borrow_and_update().clone();
             match state {
-                PullState::Done(r) => return r,
+                PullState::Done(r) => {
+                    // `watch` keeps only the newest value: intermediate
+                    // reports may be skipped, so always report the end.
+                    if let Ok(img) = &r {
+                        on_progress(Progress { done: img.size, total: Some(img.size) });
+                    }
+                    return r;
+                }
                 PullState::Running(p) => on_progress(p),
             }
             if rx.changed().await.is_err() {

@@ -18,6 +18,8 @@ enum Reply {
     /// 200 (or 206 for a Range request) with the body from the requested
     /// offset; closes the connection after `cut_after` body bytes if set.
     Body { cut_after: Option<usize> },
+    /// Like `Body`, but answers a Range request with the whole body (200).
+    IgnoreRange,
     /// Headers and `after` bytes, then silence with the connection open.
     Stall { after: usize },
     NotFound,
@@ -64,7 +66,8 @@ async fn handle(mut sock: TcpStream, body: Arc<Vec<u8>>, reply: Reply, ranges: A
         .find_map(|l| l.strip_prefix("range: ").or_else(|| l.strip_prefix("Range: ")))
         .map(str::to_string);
     ranges.lock().unwrap().push(range.clone());
-    let start: usize = range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0);
+    let ignore_range = matches!(reply, Reply::IgnoreRange);
+    let start: usize = if ignore_range { 0 } else { range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0) };
     let rest = &body[start..];
     let status = if start > 0 {
         format!("206 Partial Content\r\nContent-Range: bytes {start}-{}/{}", body.len() - 1, body.len())
@@ -74,6 +77,11 @@ async fn handle(mut sock: TcpStream, body: Arc<Vec<u8>>, reply: Reply, ranges: A
     match reply {
         Reply::NotFound => {
             let _ = sock.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        }
+        Reply::IgnoreRange => {
+            let hdr = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len());
+            let _ = sock.write_all(hdr.as_bytes()).await;
+            let _ = sock.write_all(rest).await;
         }
         Reply::Body { cut_after } => {
             let hdr = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len());
@@ -133,6 +141,20 @@ async fn dropped_connection_is_resumed_with_a_range_request() {
     assert!(resumed_at > 0 && resumed_at <= 300_000, "resumed at {resumed_at}");
     assert_eq!(last, Progress { done: 1 << 20, total: Some(1 << 20) });
     assert_eq!(std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn server_ignoring_the_range_request_is_downloaded_again_from_the_start() {
+    let data = body(400_000);
+    let srv = serve(data.clone(), vec![Reply::Body { cut_after: Some(100_000) }, Reply::IgnoreRange]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir, CacheOptions::default());
+    let mut seen = Vec::new();
+    let img = within(c.pull(&srv.url, &sha(&data), |p| seen.push(p.done))).await.unwrap();
+    assert_eq!(std::fs::read(&img.path).unwrap(), data);
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 2);
+    assert!(srv.ranges.lock().unwrap()[1].is_some(), "the second request asked for a range");
+    assert_eq!(seen.last(), Some(&400_000));
 }
 
 #[tokio::test]
