@@ -282,6 +282,9 @@ fn fix_dot_entries(file: &mut std::fs::File) -> std::io::Result<()> {
         }
     };
     let root = if fat16 { None } else { Some(u32_at(&boot, 44)) };
+    if root.is_some_and(|cl| cl < 2) {
+        return Err(bad("FAT32 root cluster below 2"));
+    }
     let mut todo = vec![root];
     while let Some(dir) = todo.pop() {
         let bytes = read_dir(file, dir)?;
