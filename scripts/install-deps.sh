@@ -7,6 +7,9 @@ set -euo pipefail
 packages=(
     qemu-system-x86  # the hypervisor
     qemu-utils       # qemu-img: the oracle of the disk tests
+    genisoimage      # isoinfo: seed ISO oracle; genisoimage: disk_prep benchmark
+    dosfstools       # fsck.vfat: FAT oracle of the seed and service disk tests
+    mtools           # mtype, mlabel: read FAT images in tests
     busybox-static   # the test guest's userland
     cpio             # packs the test guest's initramfs
     kmod             # depmod: orders the test guest's kernel modules

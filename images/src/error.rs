@@ -1,3 +1,6 @@
+//! Errors of the boot-file checks in `lib.rs` (`check_file`,
+//! `detect_format`). The other modules have their own error enums.
+
 use std::path::PathBuf;
 
 /// Errors about image files; each names the spec field it came from.

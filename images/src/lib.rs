@@ -1,15 +1,48 @@
 //! paddock-images: the files a VM boots from.
 //!
-//! Owns: checking that boot files and disks exist and are readable before a
-//! hypervisor is started, and detecting a disk's format from its header.
-//! Does not own: processes or actors. Downloads, qcow2 overlays, cloud-init
-//! seeds and FAT service disks arrive with the images issue and live here.
+//! Owns:
+//! - checking that boot files and disks exist and are readable before a
+//!   hypervisor is started, and detecting a disk's format from its header
+//!   ([`check_file`], [`detect_format`]);
+//! - the image cache: verified, resumable, deduplicated downloads into
+//!   content-addressed files ([`ImageCache`], `cache.rs`);
+//! - qcow2 overlays on a qcow2 or raw base and qcow2 data disks, written in
+//!   Rust with no `qemu-img` at run time ([`create_overlay`],
+//!   [`ensure_data_disk`], `qcow2.rs`);
+//! - cloud-init NoCloud seeds: typed meta-data, user-data and
+//!   network-config rendered through a YAML serializer ([`Seed`],
+//!   `seed.rs`), written as ISO 9660 or vfat ([`write_seed_image`],
+//!   `seed_image.rs`);
+//! - FAT service disks with a launcher script whose every value is
+//!   shell-quoted ([`ServiceDisk`], `service_disk.rs`, `quote.rs`).
+//!
+//! Does not own: processes, actors, the VM spec or the CLI. Nothing here
+//! starts a process. File-writing calls block; async callers run them on
+//! `spawn_blocking`. [`ImageCache::pull`] is async (tokio).
 
+mod cache;
 mod error;
+mod fat;
 mod format;
+mod qcow2;
+mod quote;
+mod seed;
+mod seed_image;
+mod service_disk;
+mod tmp;
 
+pub use cache::{parse_sha256, CacheError, CacheOptions, CachedImage, ImageCache, Progress};
 pub use error::{Error, Result};
+pub use fat::FatError;
 pub use format::{detect_format, DiskFormat};
+pub use qcow2::{backing_file, create_overlay, ensure_data_disk, DataDisk, Overlay, Qcow2Error, MAX_VIRTUAL_SIZE};
+pub use quote::{shell_quote, shell_quote_checked, QuoteError};
+pub use seed::{
+    CloudConfig, Ethernet, InstanceId, Match, MetaData, Nameservers, NetworkConfig, Route, RunCmd, Seed, SeedError, SeedFiles,
+    User, UserData, WriteFile,
+};
+pub use seed_image::{write_seed_image, SeedFormat, SeedImageError};
+pub use service_disk::{Launcher, ServiceDisk, ServiceDiskError, ServiceDiskInfo, LAUNCHER_NAME};
 
 use std::path::Path;
 
