@@ -142,7 +142,33 @@ impl Client {
     }
 
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
-        self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}"), None).await.map(drop)
+        self.remove_with(name, force, false).await
+    }
+
+    /// With `volumes`, the VM's data disk is deleted too.
+    pub async fn remove_with(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}&volumes={volumes}"), None).await.map(drop)
+    }
+
+    /// Starts a pull; the body is NDJSON (progress lines, then the image or
+    /// an error).
+    pub async fn image_pull(&self, url: &str, sha256: &str) -> Result<Incoming> {
+        let body = serde_json::to_vec(&serde_json::json!({ "url": url, "sha256": sha256 })).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = self.send(Method::POST, "/v1/images", Some(body), false).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.into_body());
+        }
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        Err(api_error(status, &bytes))
+    }
+
+    pub async fn image_list(&self) -> Result<Vec<crate::api::images::ImageInfo>> {
+        self.json(Method::GET, "/v1/images", None).await
+    }
+
+    pub async fn image_remove(&self, sha256: &str) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/images/{sha256}"), None).await.map(drop)
     }
 
     /// Asks the daemon to exit; with `stop_vms`, every VM is stopped first.

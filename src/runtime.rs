@@ -60,6 +60,7 @@ pub struct Runtime {
     recovery: RecoveryReport,
     exit: Arc<tokio::sync::Notify>,
     reaper: tokio::task::JoinHandle<()>,
+    images: Arc<paddock_images::ImageCache>,
 }
 
 impl Runtime {
@@ -74,6 +75,10 @@ impl Runtime {
         let records = store.load_vms().await?;
         let events = EventBus::new(store.clone());
         let net = Arc::new(paddock_actors::netmgr::NetManager::new(config.net.clone(), store.clone()));
+        let images = Arc::new(
+            paddock_images::ImageCache::open(config.state_dir.join("images"), paddock_images::CacheOptions::default())
+                .map_err(|e| Error::Io { context: "cannot open the image cache".into(), source: std::io::Error::other(e.to_string()) })?,
+        );
         let board = StatusBoard::default();
         let qemu: Arc<dyn paddock_actors::Backend> =
             Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout));
@@ -88,6 +93,8 @@ impl Runtime {
             control_timeout: config.control_timeout,
             records,
             net: net.clone(),
+            images: images.clone(),
+            state_dir: config.state_dir.clone(),
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -111,7 +118,7 @@ impl Runtime {
                 }
             }
         });
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper })
+        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -176,10 +183,21 @@ impl Runtime {
         self.route(name, QUICK, |reply| VmMessage::Resume { reply }).await
     }
 
-    /// Deletes the VM and everything it owned; `force` stops it first.
+    /// Deletes the VM and everything it owned except its data disk;
+    /// `force` stops it first.
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        self.remove_with(name, force, false).await
+    }
+
+    /// As `remove`; with `volumes` the data disk is deleted too.
+    pub async fn remove_with(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
         let budget = paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
-        self.route(name, budget, |reply| VmMessage::Remove { force, reply }).await
+        self.route(name, budget, |reply| VmMessage::Remove { force, volumes, reply }).await
+    }
+
+    /// The image cache (`STATE_DIR/images`).
+    pub fn images(&self) -> &Arc<paddock_images::ImageCache> {
+        &self.images
     }
 
     pub fn list(&self) -> Vec<VmInfo> {
@@ -201,6 +219,11 @@ impl Runtime {
     /// Live events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Publishes a free-form note on the event stream (e.g. image pulls).
+    pub async fn publish_note(&self, subject: &str, message: String) {
+        self.events.publish(subject, paddock_actors::EventKind::Note, 0, Some(message)).await;
     }
 
     /// Recorded events with a sequence number above `since`.

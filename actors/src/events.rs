@@ -43,6 +43,8 @@ pub enum EventKind {
     /// An orphan (a paddock process without a record) was stopped.
     OrphanStopped { pid: i32, rung: String },
     Removed,
+    /// Something worth telling that is not a VM's (e.g. image pull progress).
+    Note,
 }
 
 /// Serialises publishing so that subscribers see sequence numbers in order.

@@ -18,6 +18,7 @@ pub mod board;
 pub mod cloud_hypervisor;
 pub mod console;
 pub mod control;
+pub mod disks;
 pub mod error;
 pub mod events;
 pub mod lease;

@@ -75,6 +75,8 @@ pub struct RegistryArgs {
     pub control_timeout: Duration,
     pub records: Vec<VmRecord>,
     pub net: Arc<crate::netmgr::NetManager>,
+    pub images: Arc<paddock_images::ImageCache>,
+    pub state_dir: PathBuf,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -102,6 +104,8 @@ impl Actor for RegistryActor {
             registry: me.clone(),
             control_timeout: a.control_timeout,
             net: a.net,
+            images: a.images,
+            state_dir: a.state_dir,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();
@@ -166,7 +170,8 @@ impl RegistryState {
         let backend = self.backends.get(spec.backend, &spec.name)?;
         // Checks every file before anything is written.
         crate::netmgr::NetManager::check_allowed(&spec)?;
-        backend.prepare(&spec, &RunPaths::new(&self.deps.run_dir, &spec.name), None)?;
+        let checked = crate::disks::for_validation(&spec, &self.deps.images)?;
+        backend.prepare(&checked, &RunPaths::new(&self.deps.run_dir, &spec.name), None)?;
         crate::crash_point!("up.before-insert");
         self.deps.store.insert_vm(&spec, &VmPhase::Defined).await.map_err(|e| match self.vms.contains_key(&spec.name) {
             true => Error::AlreadyExists { name: spec.name.clone() },
@@ -276,6 +281,9 @@ impl RegistryState {
 
     async fn delete_record(&self, name: &str) {
         let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, name).dir);
+        if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, name), false) {
+            tracing::error!(vm = %name, error = %e, "cannot remove the disks of a rolled-back VM");
+        }
         if let Err(e) = self.deps.net.release(name).await {
             tracing::error!(vm = %name, error = %e, "cannot release the lease of a rolled-back VM");
         }

@@ -41,6 +41,54 @@ pub struct VmSpec {
     /// hybrid vsock, proxied through `<run-dir>/<name>/vsock.sock`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vsock: bool,
+    /// A qcow2 data disk kept across restarts (deleted only by `rm --volumes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk: Option<DataDiskSpec>,
+    /// A cloud-init NoCloud seed, attached read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDiskSpec {
+    pub size_gib: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitSpec {
+    /// Defaults to the VM name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<CloudInitUser>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_files: Vec<CloudInitFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runcmd: Vec<String>,
+    /// Your own user-data (e.g. `#cloud-config ...`), passed through as is;
+    /// instead of users, write_files and runcmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// iso (volume `cidata`, default) or vfat (label `CIDATA`).
+    #[serde(default)]
+    pub format: paddock_images::SeedFormat,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitUser {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitFile {
+    pub path: String,
+    pub content: String,
 }
 
 fn default_vcpus() -> u32 {
@@ -81,6 +129,13 @@ pub struct Boot {
     pub disk: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<PathBuf>,
+    /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted by
+    /// firmware through the VM's own copy-on-write overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The overlay's size; defaults to the image's (never smaller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_gib: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +259,15 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The hex digest of `sha256:<hex>`.
+pub fn image_digest(image: &str) -> Result<String, SpecError> {
+    image
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|h| h.to_ascii_lowercase())
+        .ok_or_else(|| SpecError::new("boot.image", format!("{image:?} is not sha256:<64 hex digits>; see `paddock image ls`")))
+}
+
 impl VmSpec {
     /// Checks every value that does not need the host. Files are checked by
     /// the backend's `prepare`, which knows which ones it needs.
@@ -221,14 +285,40 @@ impl VmSpec {
         if self.memory_mib > 1 << 20 {
             return Err(SpecError::new("memory_mib", format!("{} MiB is more than 1 TiB", self.memory_mib)));
         }
-        match (&self.boot.kernel, &self.boot.disk) {
-            (Some(_), Some(_)) => {
-                return Err(SpecError::new("boot", "set boot.kernel or boot.disk, not both"));
+        let sources = [self.boot.kernel.is_some(), self.boot.disk.is_some(), self.boot.image.is_some()].iter().filter(|b| **b).count();
+        if sources > 1 {
+            return Err(SpecError::new("boot", "set one of boot.kernel, boot.disk or boot.image"));
+        }
+        if let Some(image) = &self.boot.image {
+            image_digest(image)?;
+            if self.boot.initrd.is_some() || self.boot.cmdline.is_some() {
+                return Err(SpecError::new("boot", "boot.initrd and boot.cmdline need boot.kernel"));
             }
+        }
+        if self.boot.overlay_gib.is_some() && self.boot.image.is_none() {
+            return Err(SpecError::new("boot.overlay_gib", "an overlay size needs boot.image"));
+        }
+        if let Some(d) = &self.data_disk {
+            if d.size_gib == 0 || d.size_gib > 64 * 1024 {
+                return Err(SpecError::new("data_disk.size_gib", format!("must be between 1 and 65536 (got {})", d.size_gib)));
+            }
+        }
+        if let Some(ci) = &self.cloud_init {
+            if ci.user_data.is_some() && (!ci.users.is_empty() || !ci.write_files.is_empty() || !ci.runcmd.is_empty()) {
+                return Err(SpecError::new("cloud_init.user_data", "give your own user_data, or users/write_files/runcmd, not both"));
+            }
+            if let Some(h) = &ci.hostname {
+                if h.is_empty() || h.len() > 253 || h.contains('\0') {
+                    return Err(SpecError::new("cloud_init.hostname", "must be 1 to 253 characters without NUL"));
+                }
+            }
+        }
+        match (&self.boot.kernel, &self.boot.disk) {
+            (None, None) if self.boot.image.is_some() => {}
             (None, None) => {
                 return Err(SpecError::new(
                     "boot",
-                    "nothing to boot: set boot.kernel (direct kernel boot) or boot.disk (firmware boot)",
+                    "nothing to boot: set boot.kernel (direct kernel boot), boot.disk (firmware boot) or boot.image (a pulled image)",
                 ));
             }
             (None, Some(_)) if self.boot.initrd.is_some() || self.boot.cmdline.is_some() => {
@@ -342,5 +432,23 @@ mod tests {
         let mut s = spec();
         s.ready_pattern = Some("(".into());
         assert_eq!(s.validate().unwrap_err().field, "ready_pattern");
+    }
+
+    #[test]
+    fn image_data_disk_and_cloud_init_are_checked() {
+        let mut s = spec();
+        s.boot.kernel = None;
+        s.boot.image = Some("ubuntu".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot.image");
+        s.boot.image = Some(format!("sha256:{}", "a".repeat(64)));
+        s.validate().unwrap();
+        s.boot.kernel = Some("/k".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot", "two boot sources");
+        let mut s = spec();
+        s.data_disk = Some(DataDiskSpec { size_gib: 0 });
+        assert_eq!(s.validate().unwrap_err().field, "data_disk.size_gib");
+        let mut s = spec();
+        s.cloud_init = Some(CloudInitSpec { user_data: Some("#cloud-config".into()), runcmd: vec!["x".into()], ..Default::default() });
+        assert_eq!(s.validate().unwrap_err().field, "cloud_init.user_data");
     }
 }

@@ -14,11 +14,15 @@
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
 //! GET    /v1/events?since=&follow=              NDJSON
 //! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
+//! GET    /v1/images                             cached images
+//! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
+//! DELETE /v1/images/{sha256}                    refused while a VM uses it
 //! ```
 
 mod console;
 pub mod error;
 mod events;
+pub mod images;
 pub mod types;
 
 use axum::body::Bytes;
@@ -48,6 +52,8 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/vms/{name}/console/attach", get(console::attach))
         .route("/v1/events", get(events::stream))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/images", get(images::list).post(images::pull))
+        .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
         .with_state(runtime)
 }
 
@@ -107,7 +113,7 @@ async fn shutdown(State(rt): State<AppState>, Query(q): Query<ShutdownQuery>) ->
 }
 
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, ApiError> {
-    rt.remove(&name, q.force.unwrap_or(false)).await?;
+    rt.remove_with(&name, q.force.unwrap_or(false), q.volumes.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -28,6 +28,8 @@ pub struct StopQuery {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RemoveQuery {
     pub force: Option<bool>,
+    /// Also delete the data disk.
+    pub volumes: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! 7 the VM failed to start.
 
 mod console;
+mod images;
 mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,20 @@ pub struct Cli {
 enum Wait {
     Running,
     Ready,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Download an image, verify its sha256 and keep it by content.
+    Pull {
+        url: String,
+        #[arg(long)]
+        sha256: String,
+    },
+    /// List cached images.
+    Ls,
+    /// Delete a cached image (refused while a VM uses it).
+    Rm { sha256: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,13 +123,19 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Delete a VM and everything it owned.
+    /// Delete a VM and everything it owned (its data disk only with --volumes).
     Rm {
         name: String,
         /// Stop it first if it is running.
         #[arg(long)]
         force: bool,
+        /// Also delete the VM's data disk.
+        #[arg(long)]
+        volumes: bool,
     },
+    /// Manage the image cache.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Stop the daemon. VMs keep running (the next daemon re-adopts them)
     /// unless --stop-vms.
     Shutdown {
@@ -249,8 +270,9 @@ async fn run(cli: Cli) -> i32 {
         }
         .await,
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
-        Command::Rm { name, force } => async {
-            client.remove(&name, force).await?;
+        Command::Image(cmd) => images::run(&client, json, cmd).await,
+        Command::Rm { name, force, volumes } => async {
+            client.remove_with(&name, force, volumes).await?;
             if !json {
                 println!("{name}: removed");
             }

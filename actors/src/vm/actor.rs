@@ -40,6 +40,9 @@ pub struct VmDeps {
     pub registry: ActorRef<RegistryMessage>,
     pub control_timeout: Duration,
     pub net: Arc<crate::netmgr::NetManager>,
+    pub images: Arc<paddock_images::ImageCache>,
+    /// Where VMs' own disks live (`STATE_DIR/vms/<name>`).
+    pub state_dir: PathBuf,
 }
 
 pub struct VmArgs {
@@ -119,6 +122,8 @@ pub struct VmState {
     /// Signalled once recovery of this VM finished (adopted or not).
     recovered: Option<tokio::sync::oneshot::Sender<()>>,
     recovery: Option<Recovery>,
+    /// `rm --volumes`: the data disk goes too.
+    remove_volumes: bool,
 }
 
 impl Actor for VmActor {
@@ -151,6 +156,7 @@ impl Actor for VmActor {
             stop_after_adopt: false,
             recovered: None,
             recovery: a.recovery,
+            remove_volumes: false,
         };
         st.post_board();
         Ok(st)
@@ -180,7 +186,10 @@ impl Actor for VmActor {
             VmMessage::Pause { reply } => st.on_pause(&me, true, reply),
             VmMessage::Resume { reply } => st.on_pause(&me, false, reply),
             VmMessage::PauseDone { result, pause, reply } => st.on_pause_done(result, pause, reply).await,
-            VmMessage::Remove { force, reply } => st.on_remove(&me, force, reply).await,
+            VmMessage::Remove { force, volumes, reply } => {
+                st.remove_volumes = volumes;
+                st.on_remove(&me, force, reply).await
+            }
             VmMessage::Follow { reply } => st.on_follow(reply).await,
             VmMessage::Attach { reply } => st.on_attach(reply),
             VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
@@ -386,7 +395,8 @@ impl VmState {
             crate::spec::NetworkMode::Tap => Some(self.deps.net.acquire(&self.name).await?),
             _ => None,
         };
-        let plan = self.backend.prepare(&self.spec, &self.paths, lease.as_ref())?;
+        let spec = self.materialize_disks(lease.as_ref()).await?;
+        let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
         std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
@@ -432,6 +442,25 @@ impl VmState {
         self.spawn_control(me).await;
         self.post_board();
         Ok(())
+    }
+
+    /// The overlay, data disk and seed of this VM, made (or found) on the
+    /// blocking pool; returns the spec the backend sees.
+    async fn materialize_disks(&self, lease: Option<&crate::netmgr::Lease>) -> Result<VmSpec> {
+        let network = lease.map(|l| {
+            let mut eth = paddock_images::Ethernet::default();
+            eth.match_ = Some(paddock_images::Match { macaddress: Some(l.mac.clone()), name: None });
+            eth.set_name = Some("eth0".into());
+            eth.addresses = vec![format!("{}/{}", l.addrs.guest, l.addrs.prefix)];
+            eth.routes = vec![paddock_images::Route { to: "default".into(), via: l.addrs.gateway.to_string() }];
+            let mut cfg = paddock_images::NetworkConfig::default();
+            cfg.ethernets.insert("eth0".into(), eth);
+            cfg
+        });
+        let (spec, dir, images) = (self.spec.clone(), crate::disks::vm_dir(&self.deps.state_dir, &self.name), self.deps.images.clone());
+        tokio::task::spawn_blocking(move || crate::disks::materialize(&spec, &dir, &images, network))
+            .await
+            .map_err(|e| Error::Unavailable(format!("disk worker: {e}")))?
     }
 
     async fn spawn_lease(&mut self, me: &ActorRef<VmMessage>, lease: Option<crate::netmgr::Lease>) {
@@ -922,6 +951,7 @@ impl VmState {
             Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
         }
         crash_point!("rm.after-dir");
+        crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), self.remove_volumes)?;
         self.deps.net.release(&self.name).await?;
         self.deps.store.delete_vm(&self.name).await?;
         crash_point!("rm.after-rows");

@@ -46,7 +46,8 @@ pub enum VmMessage {
     Resume { reply: RpcReplyPort<Result<VmInfo>> },
     /// [stopped, crashed, failed, defined; any with `force`] Delete the VM
     /// and everything it owns.
-    Remove { force: bool, reply: RpcReplyPort<Result<()>> },
+    /// With `volumes`, the data disk is deleted too.
+    Remove { force: bool, volumes: bool, reply: RpcReplyPort<Result<()>> },
     /// [running, paused] Console backlog + live output.
     Follow { reply: RpcReplyPort<Result<ConsoleFollow>> },
     /// [running, paused] Interactive console; one writer at a time.
