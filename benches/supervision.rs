@@ -14,17 +14,7 @@ use paddock::{VmPhase, WaitFor};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 async fn up_many(d: &Daemon, prefix: &str, n: usize) {
     let mut set = tokio::task::JoinSet::new();

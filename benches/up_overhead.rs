@@ -16,17 +16,7 @@ use std::time::{Duration, Instant};
 
 const PAIRS: usize = 20;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 async fn direct(argv: &[String], qmp: &std::path::Path, dir: &std::path::Path) -> f64 {
     std::fs::create_dir_all(dir).expect("dir");

@@ -137,7 +137,7 @@ async fn crash_during_adoption_then_a_clean_start_adopts() {
     d.kill9();
     // The second daemon dies while adopting, before it says READY.
     d.envs.push(("FAILPOINTS".into(), "adopt.after-verify=return".into()));
-    let (code, _) = d.serve_expecting_failure_with_env();
+    let (code, _) = d.serve_expecting_failure();
     assert_ne!(code, 0);
     restart_clean(&mut d);
     let v = d.client.get("twice").await.expect("get");

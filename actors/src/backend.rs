@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use crate::error::Error;
+use paddock_images::check_file;
 use crate::spec::{Accel, BackendKind, VmSpec};
 
 /// Where one VM's runtime files live: `<run-dir>/<name>/...`.
@@ -113,6 +114,31 @@ pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netm
         marker: marker(&spec.name),
         api_config: None,
     }
+}
+
+/// Checks a direct kernel boot's files and returns its initrd and kernel
+/// command line; a leased guest gets the kernel's standard `ip=` argument
+/// (the same for every backend).
+pub fn kernel_boot(
+    spec: &VmSpec,
+    kernel: &Path,
+    lease: Option<&crate::netmgr::Lease>,
+) -> Result<(Option<PathBuf>, Option<String>), Error> {
+    check_file("boot.kernel", kernel).map_err(image_error)?;
+    if let Some(i) = &spec.boot.initrd {
+        check_file("boot.initrd", i).map_err(image_error)?;
+    }
+    let cmdline = match (lease, spec.boot.cmdline.clone()) {
+        (Some(l), c) => {
+            let ip = format!("ip={}::{}:{}::eth0:off", l.addrs.guest, l.addrs.gateway, l.addrs.netmask());
+            Some(match c {
+                Some(c) if !c.is_empty() => format!("{c} {ip}"),
+                _ => ip,
+            })
+        }
+        (None, c) => c,
+    };
+    Ok((spec.boot.initrd.clone(), cmdline))
 }
 
 /// How to reach the guest, in words for `paddock ps`.

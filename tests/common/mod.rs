@@ -78,6 +78,15 @@ impl Daemon {
 
     /// A daemon in fresh directories with extra `serve` flags and env.
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Self::launch(None, args, envs)
+    }
+
+    /// A daemon inside network namespace `ns`.
+    pub fn start_in(ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Self::launch(Some(ns), args, envs)
+    }
+
+    fn launch(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         // Short path: unix socket paths are limited to 107 bytes.
         let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
         let socket = dir.path().join("run/paddock.sock");
@@ -87,66 +96,19 @@ impl Daemon {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            netns: None,
+            netns: netns.map(String::from),
         };
         d.spawn();
         d
     }
 
-    /// A daemon inside network namespace `ns`.
-    pub fn start_in(ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
-        let socket = dir.path().join("run/paddock.sock");
-        let mut d = Daemon {
-            client: Client::new(&socket),
-            dir,
-            child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            netns: Some(ns.to_string()),
-        };
-        d.spawn();
-        d
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    pub fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    /// Spawns the daemon behind a wrapper argv (e.g. setpriv).
-    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).expect("log");
-        let mut cmd = Command::new(wrapper[0]);
-        cmd.args(&wrapper[1..])
-            .arg(env!("CARGO_BIN_EXE_paddock"))
-            .arg("--socket")
-            .arg(self.client.socket())
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn wrapped paddock serve"));
-        let client = self.client.clone();
-        std::thread::spawn(move || block_on(client.wait_ready(Duration::from_secs(20))))
-            .join()
-            .expect("wait thread")
-            .unwrap_or_else(|e| panic!("daemon did not come up: {e}\n{}", self.log()));
-    }
-
-    pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).expect("log");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.as_str(), env!("CARGO_BIN_EXE_paddock")]);
+    /// `paddock serve` in this daemon's directories, behind `wrapper` (e.g.
+    /// `ip netns exec NS`), with this daemon's extra args and env.
+    fn serve_command(&self, wrapper: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_paddock"));
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_paddock")),
@@ -160,12 +122,39 @@ impl Daemon {
             .arg(self.run_dir())
             .args(&self.args)
             .env("PADDOCK_LOG", "info,paddock_actors=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .stdin(Stdio::null());
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn netns_wrapper(&self) -> Vec<&str> {
+        match &self.netns {
+            Some(ns) => vec!["ip", "netns", "exec", ns.as_str()],
+            None => vec![],
+        }
+    }
+
+    /// Runs `paddock serve` expecting it to refuse to start (or to die
+    /// before serving); returns its exit code and stderr.
+    pub fn serve_expecting_failure(&self) -> (i32, String) {
+        let out = self.serve_command(&self.netns_wrapper()).output().expect("run paddock serve");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Spawns the daemon behind a wrapper argv (e.g. setpriv).
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).expect("log");
+        let mut cmd = self.serve_command(wrapper);
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn paddock serve"));
         // Called from async tests too: wait on a runtime of its own thread.
         let client = self.client.clone();
@@ -175,41 +164,10 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("daemon did not come up: {e}\n{}", self.log()));
     }
 
-    /// Runs `paddock serve` in this daemon's directories expecting it to
-    /// refuse to start; returns its exit code and output.
-    pub fn serve_expecting_failure(&self) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
-            .arg("--socket")
-            .arg(self.client.socket())
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run paddock serve");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
-    /// Like `serve_expecting_failure`, with this daemon's extra env.
-    pub fn serve_expecting_failure_with_env(&self) -> (i32, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paddock"));
-        cmd.arg("--socket")
-            .arg(self.client.socket())
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .args(&self.args)
-            .stdin(Stdio::null());
-        for (k, v) in &self.envs {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run paddock serve");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    pub fn spawn(&mut self) {
+        let wrapper: Vec<String> = self.netns_wrapper().into_iter().map(String::from).collect();
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        self.spawn_wrapped(&wrapper);
     }
 
     /// Waits for the daemon process to exit by itself (e.g. at a failpoint).
@@ -521,4 +479,18 @@ pub async fn wait_console(client: &Client, vm: &str, needle: &str, timeout: Dura
             return text.into_owned();
         }
     }
+}
+
+/// The median (sorts `v`); for benchmarks.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A process's resident set in KiB; for benchmarks.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
 }

@@ -50,23 +50,8 @@ impl Backend for QemuBackend {
         }
         let boot = match (&spec.boot.kernel, &spec.boot.disk) {
             (Some(kernel), _) => {
-                check_file("boot.kernel", kernel).map_err(image_error)?;
-                if let Some(i) = &spec.boot.initrd {
-                    check_file("boot.initrd", i).map_err(image_error)?;
-                }
-                // Direct kernel boots learn their address from the kernel's
-                // standard `ip=` argument.
-                let cmdline = match (lease, spec.boot.cmdline.clone()) {
-                    (Some(l), c) => {
-                        let ip = format!("ip={}::{}:{}::eth0:off", l.addrs.guest, l.addrs.gateway, l.addrs.netmask());
-                        Some(match c {
-                            Some(c) if !c.is_empty() => format!("{c} {ip}"),
-                            _ => ip,
-                        })
-                    }
-                    (None, c) => c,
-                };
-                QemuBoot::Kernel { kernel: kernel.clone(), initrd: spec.boot.initrd.clone(), cmdline }
+                let (initrd, cmdline) = crate::backend::kernel_boot(spec, kernel, lease)?;
+                QemuBoot::Kernel { kernel: kernel.clone(), initrd, cmdline }
             }
             (None, Some(disk)) => {
                 check_file("boot.disk", disk).map_err(image_error)?;
