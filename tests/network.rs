@@ -178,3 +178,28 @@ fn lease_rows(d: &Daemon) -> Vec<(String, u32)> {
 fn strip_counters(table: &str) -> String {
     table.lines().map(|l| l.split(" counter packets").next().unwrap_or(l).to_string()).collect::<Vec<_>>().join("\n")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_hypervisor_vm_gets_the_same_lease() {
+    let lab = NetLab::new();
+    let logdir = tempfile::tempdir().expect("tmp");
+    let log = logdir.path().join("fake-ch.log");
+    let d = Daemon::start_in(
+        &lab.host,
+        &["--cloud-hypervisor-binary", fake_ch()],
+        &[("PADDOCK_FAKE_CH_LOG", log.to_string_lossy().as_ref())],
+    );
+    let mut spec = fake_spec(&d, "chnet");
+    spec.backend = paddock::spec::BackendKind::CloudHypervisor;
+    spec.accel = paddock::spec::Accel::Kvm;
+    spec.network.mode = paddock::spec::NetworkMode::Tap;
+    let info = d.client.up(&spec, WaitFor::Ready, 30).await.expect("up");
+    assert!(lease_ip(&info).starts_with("10.88."), "{info:?}");
+    assert_eq!(lab.taps(), vec!["pdtap0".to_string()]);
+    // vm.create carried the TAP and passed the fake's check against CH's API document.
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(requests.lines().any(|l| l.contains("vm.create")), "{requests}");
+    assert!(!requests.contains("VIOLATION"), "{requests}");
+    d.client.remove("chnet", true).await.expect("rm");
+    assert!(lab.taps().is_empty());
+}
