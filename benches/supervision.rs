@@ -21,7 +21,7 @@ async fn up_many(d: &Daemon, prefix: &str, n: usize) {
     for i in 0..n {
         let c = d.client.clone();
         let spec = fake_spec(d, &format!("{prefix}-{i}"));
-        set.spawn(async move { c.up(&spec, WaitFor::Running, 120).await.map(drop) });
+        set.spawn(async move { c.up(&spec, WaitFor::Ready, 120).await.map(drop) });
         // Keep a bounded number in flight: 2 cores.
         while set.len() >= 16 {
             set.join_next().await.expect("task").expect("join").expect("up");
@@ -46,20 +46,13 @@ fn crash_detection() {
         for _ in 0..50 {
             let pid = c.get("crashy").await.expect("get").pid.expect("pid");
             let since = last_seq(c).await;
-            let waiter = {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    wait_event(&c, since, Duration::from_secs(10), |e| is_phase(e, "crashy", |p| matches!(p, VmPhase::Crashed { .. }))).await;
-                    Instant::now()
-                })
-            };
-            // Let the subscription reach the daemon before the kill.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Subscribed once this returns: the kill cannot be missed.
+            let mut events = subscribe(c, since).await;
             let t0 = Instant::now();
             // SAFETY: kill(2) on the fake hypervisor we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            let seen = waiter.await.expect("waiter");
-            lat.push(seen.duration_since(t0).as_secs_f64() * 1e3);
+            events.until(Duration::from_secs(10), |e| is_phase(e, "crashy", |p| matches!(p, VmPhase::Crashed { .. }))).await;
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
             c.start("crashy", WaitFor::Running, 30).await.expect("start again");
         }
         println!("crash detection (kill -9 -> Crashed event), 50 runs: median {:.2} ms, max {:.2} ms", median(&mut lat), lat[lat.len() - 1]);
@@ -95,8 +88,7 @@ fn adoption_and_memory() {
 
     let daemon_pid = d.child.as_ref().expect("daemon").id();
     block_on(up_many(&d, "mem", 300));
-    // Let console pumps and control connections settle.
-    std::thread::sleep(Duration::from_secs(2));
+    // Every VM is Ready: its control connection and console pump are up.
     let busy = rss_kib(daemon_pid);
     let n = block_on(d.client.list()).expect("list").len() as u64;
     println!("memory: idle daemon {idle} KiB, with {n} VMs {busy} KiB, {} KiB per VM", busy.saturating_sub(idle) / n.max(1));

@@ -94,19 +94,13 @@ async fn kill_9_of_qemu_is_published_as_a_crash_within_a_second() {
     let info = c.up(&guest_spec("victim", ""), WaitFor::Running, BOOT).await.expect("up");
     let pid = info.pid.expect("pid");
     let since = last_seq(c).await;
-    // Subscribe first, then kill, then measure to the event's arrival.
-    let waiter = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            let ev = wait_event(&c, since, Duration::from_secs(10), |e| is_phase(e, "victim", |p| matches!(p, VmPhase::Crashed { .. }))).await;
-            (ev, Instant::now())
-        })
-    };
-    tokio::task::yield_now().await;
+    // Subscribed once this returns: the crash cannot be missed.
+    let mut events = subscribe(c, since).await;
     let t0 = Instant::now();
     // SAFETY: kill(2) on the QEMU pid we were given.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let (ev, seen) = waiter.await.expect("waiter");
+    let ev = events.until(Duration::from_secs(10), |e| is_phase(e, "victim", |p| matches!(p, VmPhase::Crashed { .. }))).await;
+    let seen = Instant::now();
     let latency = seen.duration_since(t0);
     println!("crash published {latency:?} after kill -9");
     assert!(latency < Duration::from_secs(1), "crash took {latency:?} to publish");

@@ -430,30 +430,47 @@ pub async fn last_seq(client: &Client) -> u64 {
         .unwrap_or(0)
 }
 
-/// Follows the event stream after `since` until `pred` matches; panics at
-/// the deadline. Returns the matching event.
-pub async fn wait_event(client: &Client, since: u64, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Event {
-    let deadline = Instant::now() + timeout;
-    let mut body = client.events(since, true).await.expect("events stream");
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("no matching event within {timeout:?}"));
-        let Some(Ok(frame)) = frame else { panic!("event stream ended") };
-        if let Some(d) = frame.data_ref() {
-            buf.extend_from_slice(d);
-        }
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            if let Ok(ev) = serde_json::from_slice::<Event>(&line) {
-                if pred(&ev) {
-                    return ev;
+/// Opens the live event stream after `since`. When this returns, the daemon
+/// has subscribed (it subscribes before answering), so nothing that
+/// happens afterwards can be missed.
+pub async fn subscribe(client: &Client, since: u64) -> EventStream {
+    EventStream { body: client.events(since, true).await.expect("events stream"), buf: Vec::new() }
+}
+
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event matching `pred`; panics at the deadline.
+    pub async fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if let Ok(ev) = serde_json::from_slice::<Event>(&line) {
+                    if pred(&ev) {
+                        return ev;
+                    }
                 }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no matching event within {timeout:?}"));
+            let Some(Ok(frame)) = frame else { panic!("event stream ended") };
+            if let Some(d) = frame.data_ref() {
+                self.buf.extend_from_slice(d);
             }
         }
     }
+}
+
+/// Follows the event stream after `since` until `pred` matches; panics at
+/// the deadline. Returns the matching event.
+pub async fn wait_event(client: &Client, since: u64, timeout: Duration, pred: impl FnMut(&Event) -> bool) -> Event {
+    subscribe(client, since).await.until(timeout, pred).await
 }
 
 pub fn is_phase(ev: &Event, vm: &str, f: impl Fn(&VmPhase) -> bool) -> bool {
