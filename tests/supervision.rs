@@ -22,15 +22,26 @@ fn ticks(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Polls `f` until it returns Some, at most `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Waits until process `pid` has exited (its pidfd becomes readable).
+async fn wait_gone(pid: i32, timeout: Duration) {
+    let Ok(fd) = paddock_actors::process::pidfd_open(pid) else { return };
+    let fd = paddock_actors::process::watch_pidfd(fd).expect("watch pidfd");
+    let _exited = tokio::time::timeout(timeout, fd.readable()).await.expect("process did not exit").expect("pidfd");
+}
+
+/// Reads the VM's serial socket directly (free while no daemon holds it)
+/// until `needle` appears; the guest's own output is the event.
+async fn wait_serial(socket: &std::path::Path, needle: &str, timeout: Duration) {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::UnixStream::connect(socket).await.expect("serial socket");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
     let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut buf)).await.unwrap_or_else(|_| panic!("{needle:?} not seen")).expect("read");
+        assert!(n > 0, "serial socket closed");
+        seen.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -48,10 +59,11 @@ async fn daemon_kill_9_then_restart_readopts_three_running_vms() {
     // The guests keep printing while nobody supervises them.
     let log_a = d.run_dir().join("keep-a/console.log");
     let last_before = *ticks(&std::fs::read_to_string(&log_a).expect("log")).last().expect("ticks");
-    poll(Duration::from_secs(30), "ticks while the daemon is down", || {
-        let t = ticks(&std::fs::read_to_string(&log_a).ok()?);
-        (t.last().copied()? >= last_before + 5).then_some(())
-    });
+    // Tick +6 on the wire means tick +5 (0.2 s earlier) is in QEMU's log.
+    let serial_a = d.run_dir().join("keep-a/serial.sock");
+    wait_serial(&serial_a, &format!("tick {}\r", last_before + 6), Duration::from_secs(30)).await;
+    let logged = ticks(&std::fs::read_to_string(&log_a).expect("log"));
+    assert!(logged.contains(&(last_before + 5)), "the log stopped while the daemon was down");
     assert!(pids.iter().all(|p| process_exists(*p)), "a VM died with its supervisor");
 
     d.spawn();
@@ -88,7 +100,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     d.kill9();
     // SAFETY: kill(2) on the fake hypervisor we started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    poll(Duration::from_secs(10), "the hypervisor to die", || (!process_exists(pid)).then_some(()));
+    wait_gone(pid, Duration::from_secs(10)).await;
     // An unrelated process now holds the recorded pid (we rewrite the
     // record: the kernel will not hand out a chosen pid on request).
     let mut bystander = std::process::Command::new("sleep").arg("300").spawn().expect("sleep");
@@ -201,4 +213,22 @@ async fn sigterm_leaves_vms_running_and_shutdown_stop_vms_stops_them() {
     assert_eq!(r["stopped"]["stay"]["rung"], "acpi", "{r}");
     assert!(d.wait_exit().success());
     assert!(!process_exists(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_panic_is_a_crash_even_when_the_hypervisor_exits_0() {
+    let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[("PADDOCK_FAKE_QEMU", "panic-after-ms=300")]);
+    let since = last_seq(&d.client).await;
+    let mut events = subscribe(&d.client, since).await;
+    d.client.up(&fake_spec(&d, "oops"), WaitFor::Running, 30).await.expect("up");
+    let mut panicked = false;
+    let ev = events
+        .until(Duration::from_secs(10), |e| {
+            panicked |= e.vm == "oops" && matches!(e.kind, EventKind::GuestPanicked);
+            is_phase(e, "oops", |p| matches!(p, VmPhase::Crashed { .. } | VmPhase::Stopped { .. }))
+        })
+        .await;
+    assert!(panicked, "no guest_panicked event");
+    let EventKind::Phase { phase: VmPhase::Crashed { exit } } = ev.kind else { panic!("a panic must be a crash: {:?}", ev.kind) };
+    assert_eq!(exit.code, Some(0), "the fake exits 0 after a panic, like QEMU's panic action");
 }

@@ -20,6 +20,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
+const PANIC_EVENT: &str = r#"{"event":"GUEST_PANICKED","data":{"action":"pause"}}"#;
+
 #[derive(Default, Clone)]
 struct Mode {
     silent: bool,
@@ -118,9 +120,11 @@ async fn main() {
         let tx = exit_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            let _ = ev.send(r#"{"event":"GUEST_PANICKED","data":{"action":"pause"}}"#.into());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let _ = tx.send(0).await;
+            // With a QMP client, its writer exits once the event is written
+            // (as QEMU's panic action does); with none, exit at once.
+            if ev.send(PANIC_EVENT.into()).is_err() {
+                let _ = tx.send(0).await;
+            }
         });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -154,11 +158,18 @@ async fn serve_qmp(s: UnixStream, m: Mode, events: broadcast::Sender<String>, ex
     let (r, mut w) = s.into_split();
     let mut ev_rx = events.subscribe();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(64);
+    let panic_exit = exit.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 Some(line) = out_rx.recv() => { if w.write_all(line.as_bytes()).await.is_err() { return; } }
-                Ok(ev) = ev_rx.recv() => { if w.write_all(format!("{ev}\n").as_bytes()).await.is_err() { return; } }
+                Ok(ev) = ev_rx.recv() => {
+                    if w.write_all(format!("{ev}\n").as_bytes()).await.is_err() { return; }
+                    if ev == PANIC_EVENT {
+                        let _ = w.flush().await;
+                        let _ = panic_exit.send(0).await;
+                    }
+                }
                 else => return,
             }
         }

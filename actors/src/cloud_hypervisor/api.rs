@@ -81,8 +81,7 @@ pub struct DiskConfig {
     pub image_type: Option<ImageType>,
 }
 
-/// `NetConfig`: a TAP device made by the network lease (not yet sent:
-/// Paddock has no TAP leases yet).
+/// `NetConfig`: the TAP device and MAC of the VM's network lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {

@@ -26,6 +26,8 @@ use crate::registry::RegistryMessage;
 use crate::spec::{Accel, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
 
+/// How long an exit waits for the control channel's last events.
+const EXIT_DRAIN: Duration = Duration::from_millis(500);
 /// How long the Quit, SIGTERM and SIGKILL rungs each wait for the exit.
 pub const RUNG_WAIT: Duration = Duration::from_secs(5);
 /// At most this many callers may wait on one VM at once.
@@ -84,6 +86,8 @@ struct Run {
     panicked: bool,
     /// The last SHUTDOWN event: Some(true) if the guest asked for it.
     shutdown_by_guest: Option<bool>,
+    /// The control channel delivered its last event.
+    control_closed: bool,
     /// Set when the start is abandoned (e.g. the control socket never
     /// answered); the exit that follows reports this reason.
     start_failure: Option<String>,
@@ -124,6 +128,8 @@ pub struct VmState {
     recovery: Option<Recovery>,
     /// `rm --volumes`: the data disk goes too.
     remove_volumes: bool,
+    /// An exit waiting for the control channel to drain.
+    pending_exit: Option<(i32, ExitInfo)>,
 }
 
 impl Actor for VmActor {
@@ -157,6 +163,7 @@ impl Actor for VmActor {
             recovered: None,
             recovery: a.recovery,
             remove_volumes: false,
+            pending_exit: None,
         };
         st.post_board();
         Ok(st)
@@ -193,9 +200,14 @@ impl Actor for VmActor {
             VmMessage::Follow { reply } => st.on_follow(reply).await,
             VmMessage::Attach { reply } => st.on_attach(reply),
             VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
+            VmMessage::ExitDrained { pid } => {
+                if let Some((p, exit)) = st.pending_exit.filter(|(p, _)| *p == pid) {
+                    st.finish_exit(&me, p, exit).await;
+                }
+            }
             VmMessage::ControlUp { status } => st.on_control_up(&me, status).await,
             VmMessage::ControlFailed { error } => st.on_control_failed(error),
-            VmMessage::Control(ev) => st.on_control_event(ev).await,
+            VmMessage::Control(ev) => st.on_control_event(&me, ev).await,
             VmMessage::ConsoleReady => st.on_ready().await,
             VmMessage::LadderTimeout { attempt, rung } => st.escalate(&me, attempt, rung, "timed out").await,
             VmMessage::LadderActionFailed { attempt, rung, error } => st.escalate(&me, attempt, rung, &error).await,
@@ -278,6 +290,7 @@ impl Run {
             started: Instant::now(),
             panicked: false,
             shutdown_by_guest: None,
+            control_closed: false,
             start_failure: None,
         }
     }
@@ -576,7 +589,25 @@ impl VmState {
 
     // ----------------------------------------------------------------- exit
 
+    /// The hypervisor exited. Its last events (a guest panic, a guest
+    /// shutdown) may still be in the control channel, which ends with
+    /// `Closed` after all of them: wait for that, briefly, before judging
+    /// how the VM ended.
     async fn on_exit(&mut self, me: &ActorRef<VmMessage>, pid: i32, exit: ExitInfo) {
+        let Some(run) = self.run.as_ref().filter(|r| r.pid == pid) else { return };
+        // QMP ends its stream with `Closed` after the last event; CH's event
+        // monitor is a file with no such end, so there is nothing to wait for.
+        let drains = self.spec.backend == crate::spec::BackendKind::Qemu;
+        if drains && run.control_up && !run.control_closed {
+            self.pending_exit = Some((pid, exit));
+            me.send_after(EXIT_DRAIN, move || VmMessage::ExitDrained { pid });
+            return;
+        }
+        self.finish_exit(me, pid, exit).await;
+    }
+
+    async fn finish_exit(&mut self, me: &ActorRef<VmMessage>, pid: i32, exit: ExitInfo) {
+        self.pending_exit = None;
         if self.run.as_ref().map(|r| r.pid) != Some(pid) {
             return; // a notice from an earlier run
         }
@@ -886,7 +917,7 @@ impl VmState {
         let _ = reply.send(Ok(self.info()));
     }
 
-    async fn on_control_event(&mut self, ev: ControlEvent) {
+    async fn on_control_event(&mut self, me: &ActorRef<VmMessage>, ev: ControlEvent) {
         let pid = self.run.as_ref().map(|r| r.pid);
         tracing::debug!(vm = %self.name, ?pid, event = ?ev, "control event");
         match ev {
@@ -906,6 +937,14 @@ impl VmState {
             ControlEvent::Shutdown { guest } => {
                 if let Some(run) = self.run.as_mut() {
                     run.shutdown_by_guest = Some(guest);
+                }
+            }
+            ControlEvent::Closed => {
+                if let Some(run) = self.run.as_mut() {
+                    run.control_closed = true;
+                }
+                if let Some((pid, exit)) = self.pending_exit {
+                    self.finish_exit(me, pid, exit).await;
                 }
             }
             _ => {}

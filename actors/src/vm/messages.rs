@@ -55,6 +55,8 @@ pub enum VmMessage {
 
     // ---- notices from children and timers ----
     ProcessExited { pid: i32, exit: ExitInfo },
+    /// The wait for the control channel after an exit ran out.
+    ExitDrained { pid: i32 },
     ControlUp { status: GuestStatus },
     ControlFailed { error: String },
     Control(ControlEvent),
