@@ -17,15 +17,32 @@ packages=(
     nftables         # firewall rules of network leases
 )
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -eq 0 ]]; then
-    exit 0
-fi
+find_missing() {
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+}
+
 as_root=()
 [[ $EUID -eq 0 ]] || as_root=(sudo)
-echo "install-deps: installing ${missing[*]}" >&2
-"${as_root[@]}" apt-get update -qq >&2
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+updated=0
+# Two passes: installing one package can remove another that was there
+# before (a machine image with a backported qemu-utils loses it to Debian's
+# qemu-system-x86, whose common files conflict with it). The second pass
+# puts back whatever the first one took away.
+for pass in 1 2; do
+    find_missing
+    [[ ${#missing[@]} -eq 0 ]] && exit 0
+    echo "install-deps: installing ${missing[*]} (pass $pass)" >&2
+    if [[ $updated -eq 0 ]]; then
+        "${as_root[@]}" apt-get update -qq >&2
+        updated=1
+    fi
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+done
+find_missing
+if [[ ${#missing[@]} -ne 0 ]]; then
+    echo "install-deps: still missing after install: ${missing[*]}" >&2
+    exit 1
+fi
