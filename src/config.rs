@@ -38,6 +38,10 @@ pub fn load_spec_file(path: &Path) -> Result<VmSpec, SpecFileError> {
     for d in &mut spec.disks {
         resolve(&mut d.path);
     }
+    if let Some(sd) = &mut spec.service_disk {
+        sd.files.iter_mut().filter_map(|f| f.source.as_mut()).for_each(resolve);
+        sd.trees.iter_mut().for_each(|t| resolve(&mut t.source));
+    }
     Ok(spec)
 }
 

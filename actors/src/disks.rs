@@ -1,6 +1,6 @@
 //! A VM's own disks, made at start from its spec: the copy-on-write
-//! overlay of a pulled image, the persistent data disk, and the cloud-init
-//! seed. They live in `STATE_DIR/vms/<name>/`; the result is the spec the
+//! overlay of a pulled image, the persistent data disk, the cloud-init
+//! seed and the FAT service disk. They live in `STATE_DIR/vms/<name>/`; the result is the spec the
 //! backend sees, with these as plain disks.
 
 use paddock_images::{
@@ -14,6 +14,7 @@ use crate::spec::{image_digest, Disk, VmSpec};
 
 pub const OVERLAY: &str = "root.qcow2";
 pub const DATA_DISK: &str = "data.qcow2";
+pub const SERVICE_DISK: &str = "service.img";
 /// Random, made once per VM: with the name it gives a stable instance-id
 /// for one VM and a new one for a new VM of the same name.
 const NONCE: &str = "instance-nonce";
@@ -52,7 +53,7 @@ pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Erro
 /// plain disks. Blocking file work: call from `spawn_blocking`.
 pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Option<paddock_images::NetworkConfig>) -> Result<VmSpec, Error> {
     let mut out = spec.clone();
-    let needs_dir = spec.boot.image.is_some() || spec.data_disk.is_some() || spec.cloud_init.is_some();
+    let needs_dir = spec.boot.image.is_some() || spec.data_disk.is_some() || spec.cloud_init.is_some() || spec.service_disk.is_some();
     if !needs_dir {
         return Ok(out);
     }
@@ -110,7 +111,33 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
         write_seed_image(&files, ci.format, &path).map_err(|e| io("cloud_init seed", e))?;
         out.disks.push(Disk { path, format: Some(DiskFormat::Raw), readonly: true });
     }
+    if let Some(sd) = &spec.service_disk {
+        out.disks.push(Disk { path: write_service_disk(sd, dir)?, format: Some(DiskFormat::Raw), readonly: true });
+    }
     Ok(out)
+}
+
+/// Builds the service disk from the spec; rewritten at every start, like
+/// the seed, so it always matches the spec and the host trees.
+fn write_service_disk(sd: &crate::spec::ServiceDiskSpec, dir: &Path) -> Result<PathBuf, Error> {
+    let mut disk = sd.to_image();
+    for (i, f) in sd.files.iter().enumerate() {
+        let bytes = match (&f.content, &f.source) {
+            (Some(text), _) => text.clone().into_bytes(),
+            (None, Some(src)) => std::fs::read(src).map_err(|e| {
+                SpecError::new(format!("service_disk.files[{i}].source"), format!("cannot read {src:?}: {e}"))
+            })?,
+            (None, None) => return Err(SpecError::new(format!("service_disk.files[{i}]"), "give content or source").into()),
+        };
+        disk.files.push((f.path.clone(), bytes));
+    }
+    let path = dir.join(SERVICE_DISK);
+    disk.write(&path).map_err(|e| match e {
+        // The spec's own mistakes (unreadable trees, duplicates) name their field.
+        paddock_images::ServiceDiskError::Fat(f) => io("service_disk", f),
+        other => SpecError::new("service_disk", other.to_string()).into(),
+    })?;
+    Ok(path)
 }
 
 /// Deletes the VM's disks; the data disk only with `volumes`.

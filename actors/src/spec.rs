@@ -15,31 +15,49 @@ use crate::error::SpecError;
 /// later the TAP name is derived from an index, never from the name.
 pub const MAX_NAME_LEN: usize = 31;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Build one in code with [`VmSpec::builder`]: only the name and the boot
+/// source are required, everything else has the same default as in a file:
+///
+/// ```
+/// # use paddock_actors::spec::{Boot, VmSpec};
+/// let spec = VmSpec::builder("web").boot(Boot::kernel("/srv/vmlinuz")).memory_mib(256).vsock(true).build();
+/// assert_eq!(spec.vcpus, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bon::Builder)]
 #[serde(deny_unknown_fields)]
+#[builder(on(String, into))]
 pub struct VmSpec {
+    #[builder(start_fn)]
     pub name: String,
     #[serde(default)]
+    #[builder(default)]
     pub backend: BackendKind,
     #[serde(default = "default_vcpus")]
+    #[builder(default = default_vcpus())]
     pub vcpus: u32,
     #[serde(default = "default_memory")]
+    #[builder(default = default_memory())]
     pub memory_mib: u64,
     pub boot: Boot,
     #[serde(default)]
+    #[builder(default)]
     pub disks: Vec<Disk>,
     #[serde(default)]
+    #[builder(default)]
     pub network: Network,
     #[serde(default)]
+    #[builder(default)]
     pub accel: Accel,
     /// A regular expression; the VM is "ready" once a console line matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_pattern: Option<String>,
     #[serde(default)]
+    #[builder(default)]
     pub restart: RestartSpec,
     /// A virtio-vsock device with a per-VM guest CID (Cloud Hypervisor:
     /// hybrid vsock, proxied through `<run-dir>/<name>/vsock.sock`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[builder(default)]
     pub vsock: bool,
     /// A qcow2 data disk kept across restarts (deleted only by `rm --volumes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +65,131 @@ pub struct VmSpec {
     /// A cloud-init NoCloud seed, attached read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInitSpec>,
+    /// A FAT service disk (files, host trees, a launcher), built at every
+    /// start, attached read-only, deleted with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_disk: Option<ServiceDiskSpec>,
+}
+
+/// A FAT service disk: the service's files and a launcher script whose
+/// every value is shell-quoted (see `paddock_images::ServiceDisk`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDiskSpec {
+    /// FAT volume label, 1-11 characters of A-Z 0-9 space - _.
+    #[serde(default = "default_service_label")]
+    pub label: String,
+    /// Files at `/`-separated paths on the disk: inline text or a host file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ServiceFile>,
+    /// Host directories copied recursively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<ServiceTree>,
+    /// `launch.sh` at the disk's root; the guest runs `sh /MOUNT/launch.sh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<LauncherSpec>,
+}
+
+impl Default for ServiceDiskSpec {
+    fn default() -> Self {
+        ServiceDiskSpec { label: default_service_label(), files: Vec::new(), trees: Vec::new(), launcher: None }
+    }
+}
+
+/// The default service disk label.
+pub fn default_service_label() -> String {
+    "SERVICE".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Where on the disk, e.g. `bin/app`.
+    pub path: String,
+    /// The file's text; or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// a host file, copied at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTree {
+    /// A host directory.
+    pub source: PathBuf,
+    /// The directory on the disk ("" or absent: the root).
+    #[serde(default)]
+    pub at: String,
+}
+
+/// What `launch.sh` runs: `cd workdir; export env...; exec program args...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LauncherSpec {
+    /// Relative paths are relative to the disk's root.
+    pub program: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+impl ServiceDiskSpec {
+    /// The `paddock_images` description of this disk.
+    pub fn to_image(&self) -> paddock_images::ServiceDisk {
+        paddock_images::ServiceDisk {
+            label: self.label.clone(),
+            files: Vec::new(),
+            trees: self.trees.iter().map(|t| (t.source.clone(), t.at.clone())).collect(),
+            launcher: self.launcher.as_ref().map(|l| paddock_images::Launcher {
+                program: l.program.clone(),
+                args: l.args.clone(),
+                env: l.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                workdir: l.workdir.clone(),
+            }),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let l = &self.label;
+        if l.is_empty() || l.len() > 11 || !l.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b" -_".contains(&b)) {
+            return Err(SpecError::new("service_disk.label", format!("{l:?}: use 1 to 11 characters of A-Z, 0-9, space, '-' and '_'")));
+        }
+        let on_disk = |field: String, p: &str| -> Result<(), SpecError> {
+            let bad = p.split('/').any(|c| c == ".." || c == ".") || p.contains('\0') || p.contains('\\');
+            if bad || p.trim_matches('/').is_empty() && !field.ends_with(".at") {
+                return Err(SpecError::new(field, format!("{p:?} is not a path on the disk; use names separated by '/', without '.' or '..'")));
+            }
+            Ok(())
+        };
+        for (i, f) in self.files.iter().enumerate() {
+            on_disk(format!("service_disk.files[{i}].path"), &f.path)?;
+            match (&f.content, &f.source) {
+                (Some(_), None) => {}
+                (None, Some(src)) if src.is_absolute() => {}
+                (None, Some(src)) => {
+                    return Err(SpecError::new(format!("service_disk.files[{i}].source"), format!("{src:?} must be an absolute path")));
+                }
+                _ => return Err(SpecError::new(format!("service_disk.files[{i}]"), "give exactly one of content or source")),
+            }
+        }
+        for (i, t) in self.trees.iter().enumerate() {
+            if !t.source.is_absolute() {
+                return Err(SpecError::new(format!("service_disk.trees[{i}].source"), format!("{:?} must be an absolute path", t.source)));
+            }
+            on_disk(format!("service_disk.trees[{i}].at"), &t.at)?;
+        }
+        if let Some(l) = self.to_image().launcher {
+            // Rendering is pure: it finds empty programs, bad variable
+            // names and NUL bytes before anything is written.
+            l.render().map_err(|e| SpecError::new("service_disk.launcher", e.to_string().trim_start_matches("launcher.").to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +279,29 @@ pub struct Boot {
     /// The overlay's size; defaults to the image's (never smaller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_gib: Option<u64>,
+}
+
+impl Boot {
+    /// A direct kernel boot of `kernel`.
+    pub fn kernel(kernel: impl Into<PathBuf>) -> Boot {
+        Boot { kernel: Some(kernel.into()), ..Default::default() }
+    }
+
+    pub fn initrd(mut self, initrd: impl Into<PathBuf>) -> Boot {
+        self.initrd = Some(initrd.into());
+        self
+    }
+
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Boot {
+        self.cmdline = Some(cmdline.into());
+        self
+    }
+
+    /// A cached image (`sha256:<hex>`) booted by firmware through the VM's
+    /// own overlay.
+    pub fn image(image: impl Into<String>) -> Boot {
+        Boot { image: Some(image.into()), ..Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,6 +478,9 @@ impl VmSpec {
                     return Err(SpecError::new("cloud_init.hostname", "must be 1 to 253 characters without NUL"));
                 }
             }
+        }
+        if let Some(sd) = &self.service_disk {
+            sd.validate()?;
         }
         match (&self.boot.kernel, &self.boot.disk) {
             (None, None) if self.boot.image.is_some() => {}
