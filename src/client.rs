@@ -52,6 +52,11 @@ impl Client {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>, upgrade: bool) -> Result<hyper::Response<Incoming>> {
+        self.send_with(method, path, body, upgrade.then(crate::api::console_protocol)).await
+    }
+
+    /// `upgrade`: the `Upgrade:` protocol to ask for, if any.
+    async fn send_with(&self, method: Method, path: &str, body: Option<Vec<u8>>, upgrade: Option<&str>) -> Result<hyper::Response<Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::DaemonNotRunning { socket: self.socket.clone(), source })?;
@@ -65,8 +70,8 @@ impl Client {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        if upgrade {
-            req = req.header("connection", "Upgrade").header("upgrade", crate::api::console_protocol());
+        if let Some(protocol) = upgrade {
+            req = req.header("connection", "Upgrade").header("upgrade", protocol);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -198,7 +203,26 @@ impl Client {
 
     /// An interactive console: a raw duplex byte stream to the serial port.
     pub async fn attach(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-        let resp = self.send(Method::GET, &format!("/v1/vms/{name}/console/attach"), None, true).await?;
+        self.upgrade(&format!("/v1/vms/{name}/console/attach"), crate::api::console_protocol()).await
+    }
+
+    /// A raw duplex byte stream to port `port` of the guest's vsock.
+    pub async fn vsock(&self, name: &str, port: u32) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        self.upgrade(&format!("/v1/vms/{name}/vsock/{port}"), crate::api::vsock_protocol()).await
+    }
+
+    /// Data disks, kept (after `rm`) or in use.
+    pub async fn volumes(&self) -> Result<Vec<crate::VolumeInfo>> {
+        self.json(Method::GET, "/v1/volumes", None).await
+    }
+
+    /// Deletes a kept data disk.
+    pub async fn volume_remove(&self, name: &str) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/volumes/{name}"), None).await.map(drop)
+    }
+
+    async fn upgrade(&self, path: &str, protocol: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let resp = self.send_with(Method::GET, path, None, Some(protocol)).await?;
         let status = resp.status();
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();

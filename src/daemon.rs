@@ -15,6 +15,7 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     pub qemu_binary: PathBuf,
     pub cloud_hypervisor_binary: PathBuf,
+    pub vsock_device_binary: PathBuf,
     pub control_timeout: Duration,
     pub net: paddock_actors::netmgr::NetConfig,
 }
@@ -25,6 +26,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut cfg = RuntimeConfig::new(&opts.state_dir, &opts.run_dir);
     cfg.qemu_binary = opts.qemu_binary.clone();
     cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();
+    cfg.vsock_device_binary = opts.vsock_device_binary.clone();
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
     let listener = bind(&opts.socket).await?;

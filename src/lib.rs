@@ -23,3 +23,16 @@ pub use paddock_actors::{
     VmSpec, WaitFor,
 };
 pub use runtime::{Runtime, RuntimeConfig};
+
+// What an embedder needs to write specs and read answers, without
+// depending on the inner crates.
+pub use paddock_actors::board::{ForwardInfo, NetworkInfo};
+pub use paddock_actors::netmgr::NetConfig;
+pub use paddock_actors::spec::{
+    Accel, BackendKind, Boot, CloudInitFile, CloudInitSpec, CloudInitUser, DataDiskSpec, Disk, LauncherSpec, Network, NetworkMode,
+    RestartPolicy, RestartSpec, ServiceDiskSpec, ServiceFile, ServiceTree,
+};
+pub use paddock_actors::volumes::VolumeInfo;
+pub use paddock_actors::vsock::{VsockError, VsockInfo, VsockStream};
+pub use paddock_images::{DiskFormat, SeedFormat};
+pub use paddock_net::{PortForward, Protocol};

@@ -10,6 +10,8 @@ use tokio::sync::broadcast;
 use paddock_actors::cloud_hypervisor::CloudHypervisorBackend;
 use paddock_actors::qemu::QemuBackend;
 use paddock_actors::vm::VmMessage;
+use paddock_actors::volumes::VolumeInfo;
+use paddock_actors::vsock::{VsockError, VsockStream};
 use paddock_actors::{
     Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
     Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
@@ -27,6 +29,10 @@ pub struct RuntimeConfig {
     /// `backend = "cloud-hypervisor"` is refused with the reason when the
     /// binary is missing or the host has no hardware virtualisation.
     pub cloud_hypervisor_binary: PathBuf,
+    /// The vhost-user vsock device for QEMU VMs with `vsock = true` on
+    /// hosts without /dev/vhost-vsock (`vhost-device-vsock`, on PATH
+    /// unless a path is given).
+    pub vsock_device_binary: PathBuf,
     /// Deadline for connecting to a control socket and for each command.
     pub control_timeout: Duration,
     /// Address pool and NAT for `network.mode = "tap"`.
@@ -40,6 +46,7 @@ impl RuntimeConfig {
             run_dir: run_dir.into(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             cloud_hypervisor_binary: PathBuf::from("cloud-hypervisor"),
+            vsock_device_binary: PathBuf::from("vhost-device-vsock"),
             control_timeout: Duration::from_secs(10),
             net: paddock_actors::netmgr::NetConfig::default(),
         }
@@ -81,7 +88,7 @@ impl Runtime {
         );
         let board = StatusBoard::default();
         let qemu: Arc<dyn paddock_actors::Backend> =
-            Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout));
+            Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout).with_vsock_device(config.vsock_device_binary.clone()));
         let cloud_hypervisor: Arc<dyn paddock_actors::Backend> =
             Arc::new(CloudHypervisorBackend::new(config.cloud_hypervisor_binary.clone(), config.control_timeout));
         let args = RegistryArgs {
@@ -206,6 +213,39 @@ impl Runtime {
 
     pub fn get(&self, name: &str) -> Result<VmInfo> {
         self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })
+    }
+
+    /// A connected stream to port `port` of the guest's vsock, on either
+    /// backend (the VM needs `vsock = true` and must be running). The
+    /// guest must listen on that port; the handshake has a deadline.
+    pub async fn vsock_connect(&self, name: &str, port: u32) -> Result<VsockStream> {
+        let info = self.get(name)?;
+        if !info.spec.vsock {
+            return Err(VsockError::NotEnabled { name: name.to_string() }.into());
+        }
+        let Some(vsock) = info.vsock.filter(|_| info.pid.is_some()) else {
+            return Err(VsockError::NotRunning { name: name.to_string() }.into());
+        };
+        Ok(paddock_actors::vsock::connect(&vsock, port, self.config.control_timeout).await?)
+    }
+
+    /// Data disks kept after their VM was removed (`rm` without
+    /// `--volumes`), and those of existing VMs.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>> {
+        self.registry_call(QUICK, |reply| RegistryMessage::Volumes { reply }).await
+    }
+
+    /// Deletes the kept data disk of `name`; refused while a VM of that
+    /// name exists (use `remove_with(name, .., true)` for that).
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.registry_call(QUICK, |reply| RegistryMessage::RemoveVolume { name, reply }).await
+    }
+
+    async fn registry_call<T: Send + 'static>(&self, timeout: Duration, make: impl FnOnce(RpcReplyPort<Result<T>>) -> RegistryMessage) -> Result<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.registry.cast(make(tx.into())).map_err(|_| gone())?;
+        await_reply(rx, timeout, "the registry").await
     }
 
     pub async fn console_follow(&self, name: &str) -> Result<ConsoleFollow> {

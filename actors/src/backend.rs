@@ -61,6 +61,13 @@ pub struct LaunchPlan {
     /// The body of `vm.create`, for a backend that configures its VM
     /// through the control channel (Cloud Hypervisor) rather than argv.
     pub api_config: Option<Box<crate::cloud_hypervisor::api::VmConfig>>,
+    /// The guest's network, typed (None without a network).
+    pub network: Option<crate::board::NetworkInfo>,
+    /// How the host reaches the guest's vsock (None without vsock).
+    pub vsock: Option<crate::vsock::VsockInfo>,
+    /// A vhost-user vsock device process to start before the hypervisor
+    /// (QEMU without /dev/vhost-vsock).
+    pub vsock_device: Option<crate::vsock::DevicePlan>,
 }
 
 /// The marker of VM `name`'s hypervisor process, the same for every
@@ -113,7 +120,21 @@ pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netm
         guest_address: reach(spec, lease),
         marker: marker(&spec.name),
         api_config: None,
+        network: network_info(spec, lease),
+        vsock: vsock_info(spec, paths),
+        vsock_device: None,
     }
+}
+
+/// How the host reaches the guest's vsock: the hybrid socket (the same
+/// path on every backend), or, for QEMU on the kernel's vhost-vsock, the
+/// CID alone.
+pub fn vsock_info(spec: &VmSpec, paths: &RunPaths) -> Option<crate::vsock::VsockInfo> {
+    spec.vsock.then(|| crate::vsock::VsockInfo {
+        cid: crate::vsock::guest_cid(&spec.name),
+        socket: (spec.backend == BackendKind::CloudHypervisor || !Path::new(crate::vsock::VHOST_VSOCK_DEV).exists())
+            .then(|| crate::vsock::host_socket(paths)),
+    })
 }
 
 /// Checks a direct kernel boot's files and returns its initrd and kernel
@@ -153,6 +174,32 @@ pub fn reach(spec: &VmSpec, lease: Option<&crate::netmgr::Lease>) -> Vec<String>
         out.push(format!("{host}:{}->{}/{proto}", f.host, f.guest));
     }
     out
+}
+
+/// The guest's network, typed, for `VmInfo` and the API.
+pub fn network_info(spec: &VmSpec, lease: Option<&crate::netmgr::Lease>) -> Option<crate::board::NetworkInfo> {
+    use crate::spec::NetworkMode;
+    let (mac, host_address) = match (spec.network.mode, lease) {
+        (NetworkMode::None, _) => return None,
+        (NetworkMode::Tap, Some(l)) => (l.mac.clone(), std::net::Ipv4Addr::UNSPECIFIED),
+        (NetworkMode::Tap, None) => return None,
+        (NetworkMode::User, _) => (paddock_net::MacAddress::for_vm(&spec.name).to_string(), std::net::Ipv4Addr::LOCALHOST),
+    };
+    let forwards = spec
+        .network
+        .forwards
+        .iter()
+        .map(|f| crate::board::ForwardInfo { host_address, host: f.host, guest: f.guest, protocol: f.protocol })
+        .collect();
+    Some(crate::board::NetworkInfo {
+        mode: spec.network.mode,
+        address: lease.map(|l| l.addrs.guest),
+        gateway: lease.map(|l| l.addrs.gateway),
+        prefix: lease.map(|l| l.addrs.prefix),
+        mac,
+        tap: lease.map(|l| l.tap.clone()),
+        forwards,
+    })
 }
 
 /// What the guest is doing, as the hypervisor reports it.

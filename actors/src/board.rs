@@ -25,11 +25,47 @@ pub struct VmInfo {
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
-    /// How to reach the guest, e.g. "127.0.0.1:8022->22/tcp".
+    /// How to reach the guest, in words for `paddock ps`, e.g.
+    /// "127.0.0.1:8022->22/tcp"; programs read `network` instead.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The guest's network while it runs: address, gateway, MAC, TAP, forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkInfo>,
+    /// The guest's vsock while it runs (see `Runtime::vsock_connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<crate::vsock::VsockInfo>,
     pub console_log: PathBuf,
     pub spec: VmSpec,
+}
+
+/// A running guest's network, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub mode: crate::spec::NetworkMode,
+    /// The guest's address (TAP leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The host side of the TAP, the guest's default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<ForwardInfo>,
+}
+
+/// A published port: `host_address:host` on the host -> `guest` in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardInfo {
+    /// `127.0.0.1` (user networking) or `0.0.0.0` (TAP: every host address, by DNAT).
+    pub host_address: std::net::Ipv4Addr,
+    pub host: u16,
+    pub guest: u16,
+    pub protocol: paddock_net::Protocol,
 }
 
 #[derive(Clone, Default)]

@@ -32,6 +32,8 @@ mod ring;
 pub mod spec;
 pub mod store;
 pub mod vm;
+pub mod volumes;
+pub mod vsock;
 
 pub use backend::{Backend, RunPaths};
 pub use board::{StatusBoard, VmInfo};

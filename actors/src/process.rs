@@ -45,18 +45,29 @@ pub struct Spawned {
 
 /// Spawns `plan` in a new session. The argv is a vector; no shell.
 pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
+    spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log)
+}
+
+/// Spawns `program` (argv[0] `arg0` if given) in a new session, stdin
+/// closed, stdout and stderr to `log` (truncated).
+pub fn spawn_in_session(
+    program: &std::path::Path,
+    arg0: Option<&std::ffi::OsStr>,
+    args: &[std::ffi::OsString],
+    log_path: &std::path::Path,
+) -> Result<Spawned, SpawnError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
-        .open(&plan.paths.stderr_log)
-        .map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
-    let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: plan.paths.stderr_log.clone(), source })?;
-    let mut cmd = std::process::Command::new(&plan.program);
-    if let Some(arg0) = &plan.arg0 {
+        .open(log_path)
+        .map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
+    let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
+    let mut cmd = std::process::Command::new(program);
+    if let Some(arg0) = arg0 {
         cmd.arg0(arg0);
     }
-    cmd.args(&plan.args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; a new session detaches the hypervisor from our terminal and
     // process group, so signals aimed at the supervisor never reach it.
@@ -71,7 +82,7 @@ pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|source| SpawnError::Exec { program: plan.program.clone(), source })?;
+        .map_err(|source| SpawnError::Exec { program: program.to_path_buf(), source })?;
     // The child is not reaped before we call wait(), so the pid cannot have
     // been reused yet.
     let pid = child.id().map(|p| p as i32).ok_or(SpawnError::Pidfd {

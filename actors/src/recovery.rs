@@ -51,7 +51,13 @@ pub fn marker_of(argv: &[String]) -> Option<String> {
 }
 
 pub fn has_marker(argv: &[String], marker: &str) -> bool {
-    marker_of(argv).as_deref() == Some(marker)
+    marker_of(argv).as_deref() == Some(marker) || is_device(argv) && argv.first().map(String::as_str) == Some(marker)
+}
+
+/// A VM's helper process (the vsock device), marked `paddock-vsock:NAME`
+/// in argv[0].
+fn is_device(argv: &[String]) -> bool {
+    argv.first().and_then(|a| a.strip_prefix("paddock-vsock:")).is_some_and(|n| crate::spec::validate_name(n).is_ok())
 }
 
 /// Checks the recorded run against the live process table and, if it
@@ -130,7 +136,11 @@ pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
             continue;
         }
         let Some(argv) = cmdline(pid) else { continue };
-        let Some(marker) = marker_of(&argv) else { continue };
+        let marker = match marker_of(&argv) {
+            Some(m) => m,
+            None if is_device(&argv) => argv[0].clone(),
+            None => continue,
+        };
         if !argv.iter().any(|a| a.contains(&needle)) {
             continue;
         }

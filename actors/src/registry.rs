@@ -51,6 +51,10 @@ pub enum RegistryMessage {
     Forget { name: String, id: ActorId },
     /// Answers when the registry's mailbox is being served (watchdog).
     Ping(RpcReplyPort<()>),
+    /// Every data disk, kept or in use.
+    Volumes { reply: RpcReplyPort<Result<Vec<crate::volumes::VolumeInfo>>> },
+    /// Delete a kept data disk; refused while a VM of that name exists.
+    RemoveVolume { name: String, reply: RpcReplyPort<Result<()>> },
 }
 
 /// What the recovery after a supervisor start found and did.
@@ -136,6 +140,16 @@ impl Actor for RegistryActor {
             },
             RegistryMessage::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            // Served here, where names are decided: no `up` of the same
+            // name can slip in between the check and the deletion.
+            RegistryMessage::Volumes { reply } => {
+                let names: Vec<String> = st.vms.keys().cloned().collect();
+                let _ = reply.send(crate::volumes::list(&st.deps.state_dir, &names));
+            }
+            RegistryMessage::RemoveVolume { name, reply } => {
+                let exists = st.vms.contains_key(&name);
+                let _ = reply.send(crate::volumes::remove(&st.deps.state_dir, &name, exists));
             }
             RegistryMessage::Forget { name, id } => {
                 if st.vms.get(&name).is_some_and(|v| v.get_id() == id) {
@@ -243,6 +257,8 @@ impl RegistryState {
         let (recovery, wait) = match verified {
             Some((run_id, pid, Ok(pidfd))) => {
                 pass.known_pids.push(pid);
+                // Its vsock device goes with it (not an orphan).
+                pass.known_pids.extend(crate::vsock::find_device(&self.deps.run_dir, &name));
                 pass.report.adopted.push(name.clone());
                 let (done, wait) = tokio::sync::oneshot::channel();
                 let stop = rec.desired == Desired::Stopped;

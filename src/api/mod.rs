@@ -12,6 +12,9 @@
 //! POST   /v1/vms/{name}/pause | /resume
 //! GET    /v1/vms/{name}/console?follow=         raw bytes
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
+//! GET    /v1/vms/{name}/vsock/{port}            HTTP upgrade (paddock-vsock), raw duplex to a guest vsock port
+//! GET    /v1/volumes                            data disks (kept after rm, or in use)
+//! DELETE /v1/volumes/{name}                     delete a kept data disk
 //! GET    /v1/events?since=&follow=              NDJSON
 //! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
 //! GET    /v1/images                             cached images
@@ -20,6 +23,7 @@
 //! ```
 
 mod console;
+mod vsock;
 pub mod error;
 mod events;
 pub mod images;
@@ -50,6 +54,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/console", get(console::follow))
         .route("/v1/vms/{name}/console/attach", get(console::attach))
+        .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
+        .route("/v1/volumes", get(vsock::volumes))
+        .route("/v1/volumes/{name}", axum::routing::delete(vsock::remove_volume))
         .route("/v1/events", get(events::stream))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/images", get(images::list).post(images::pull))
@@ -115,6 +122,11 @@ async fn shutdown(State(rt): State<AppState>, Query(q): Query<ShutdownQuery>) ->
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, ApiError> {
     rt.remove_with(&name, q.force.unwrap_or(false), q.volumes.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `Upgrade:` protocol name of a vsock stream.
+pub fn vsock_protocol() -> &'static str {
+    vsock::UPGRADE_PROTOCOL
 }
 
 /// The `Upgrade:` protocol name of the interactive console.

@@ -32,14 +32,16 @@ pub async fn run(client: &Client, json: bool, cmd: ImageCommand) -> Result<(), C
 
 async fn pull(client: &Client, json: bool, url: &str, sha256: &str) -> Result<(), CliError> {
     let mut body = client.image_pull(url, sha256.trim_start_matches("sha256:")).await?;
-    let bar = indicatif::ProgressBar::new(0);
+    // A spinner until the size is known: a bar of length 0 would be drawn
+    // full ("0 B/0 B" and a complete bar) before the first byte arrives.
+    let bar = indicatif::ProgressBar::no_length();
     if json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    let mut sized = false;
     let mut buf = Vec::new();
     let mut outcome = None;
     while let Some(frame) = body.frame().await {
@@ -51,7 +53,14 @@ async fn pull(client: &Client, json: bool, url: &str, sha256: &str) -> Result<()
             let line: Vec<u8> = buf.drain(..=i).collect();
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
             if let Some(p) = v.get("progress") {
-                if let Some(t) = p["total"].as_u64() {
+                if let Some(t) = p["total"].as_u64().filter(|t| *t > 0) {
+                    if !sized {
+                        sized = true;
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                    }
                     bar.set_length(t);
                 }
                 bar.set_position(p["done"].as_u64().unwrap_or(0));

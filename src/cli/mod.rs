@@ -8,6 +8,7 @@
 mod console;
 mod images;
 mod table;
+mod vsock;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::BodyExt as _;
@@ -28,9 +29,10 @@ pub const EXIT_START_FAILED: i32 = 7;
 #[derive(Parser, Debug)]
 #[command(name = "paddock", version, about = "Supervise virtual machines")]
 pub struct Cli {
-    /// The daemon's API socket.
-    #[arg(long, global = true, env = "PADDOCK_SOCKET", default_value = "/run/paddock/paddock.sock")]
-    socket: PathBuf,
+    /// The daemon's API socket [default: /run/paddock/paddock.sock; for
+    /// `serve`, RUN_DIR/paddock.sock].
+    #[arg(long, global = true, env = "PADDOCK_SOCKET")]
+    socket: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -59,6 +61,17 @@ enum ImageCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// List data disks: those kept after `rm` and those of existing VMs.
+    Ls,
+    /// Delete the kept data disk of a removed VM.
+    Rm { name: String },
+}
+
+/// Where clients look for the daemon without --socket.
+pub const DEFAULT_SOCKET: &str = "/run/paddock/paddock.sock";
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon (under systemd, or in a terminal).
     Serve {
@@ -70,6 +83,10 @@ enum Command {
         qemu_binary: PathBuf,
         #[arg(long, env = "CLOUD_HYPERVISOR_BIN", default_value = "cloud-hypervisor")]
         cloud_hypervisor_binary: PathBuf,
+        /// The vhost-user vsock device QEMU VMs use on hosts without
+        /// /dev/vhost-vsock.
+        #[arg(long, env = "PADDOCK_VSOCK_DEVICE", default_value = "vhost-device-vsock")]
+        vsock_device_binary: PathBuf,
         /// Deadline for every control-socket call (QMP, CH API), in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         control_timeout_ms: u64,
@@ -136,6 +153,12 @@ enum Command {
     /// Manage the image cache.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Data disks kept after `rm` (without --volumes).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Connect stdin/stdout to a port of the guest's vsock (the VM needs
+    /// `vsock = true`).
+    Vsock { name: String, port: u32 },
     /// Stop the daemon. VMs keep running (the next daemon re-adopts them)
     /// unless --stop-vms.
     Shutdown {
@@ -173,6 +196,15 @@ pub fn main() -> i32 {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    if !matches!(cli.cmd, Command::Serve { .. }) {
+        // A client whose reader went away (`paddock inspect x | head`)
+        // ends quietly, as Unix tools do, instead of panicking in println!.
+        // The daemon keeps Rust's default (ignored): it must survive
+        // clients that hang up.
+        // SAFETY: setting a signal's disposition to the default action
+        // before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -184,10 +216,10 @@ pub fn main() -> i32 {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let client = Client::new(&cli.socket);
+    let client = Client::new(cli.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)));
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, control_timeout_ms, net_pool, masquerade } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, vsock_device_binary, control_timeout_ms, net_pool, masquerade } => {
             let pool = match net_pool.parse::<paddock_net::Pool>() {
                 Ok(p) => p,
                 Err(e) => {
@@ -202,11 +234,13 @@ async fn run(cli: Cli) -> i32 {
             };
             let opts = crate::daemon::ServeOptions {
                 net: paddock_actors::netmgr::NetConfig { pool, masquerade },
+                // The socket lives in the run directory unless placed elsewhere.
+                socket: cli.socket.clone().unwrap_or_else(|| run_dir.join("paddock.sock")),
                 state_dir,
                 run_dir,
-                socket: cli.socket.clone(),
                 qemu_binary,
                 cloud_hypervisor_binary,
+                vsock_device_binary,
                 control_timeout: Duration::from_millis(control_timeout_ms),
             };
             return match crate::daemon::serve(opts).await {
@@ -271,6 +305,8 @@ async fn run(cli: Cli) -> i32 {
         .await,
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
+        Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
+        Command::Vsock { name, port } => vsock::bridge(&client, &name, port).await,
         Command::Rm { name, force, volumes } => async {
             client.remove_with(&name, force, volumes).await?;
             if !json {

@@ -42,7 +42,7 @@ impl CloudHypervisorBackend {
 }
 
 /// The binary as the process would be started: a path, or a name on PATH.
-fn find_binary(program: &Path) -> Option<PathBuf> {
+pub(crate) fn find_binary(program: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let runnable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if program.components().count() > 1 {
@@ -157,6 +157,9 @@ impl Backend for CloudHypervisorBackend {
             guest_address: crate::backend::reach(spec, lease),
             marker: crate::backend::marker(&spec.name),
             api_config: Some(Box::new(config::vm_config(&cfg))),
+            network: crate::backend::network_info(spec, lease),
+            vsock: crate::backend::vsock_info(spec, paths),
+            vsock_device: None,
         })
     }
 

@@ -37,8 +37,11 @@ pub struct QemuConfig {
     pub boot: QemuBoot,
     pub disks: Vec<QemuDisk>,
     pub net: QemuNet,
+    pub vsock: Option<QemuVsock>,
     pub paths: RunPaths,
 }
+
+pub use crate::vsock::QemuVsock;
 
 /// The process name QEMU shows; also the marker that recognises our
 /// processes after a supervisor restart.
@@ -64,7 +67,15 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
         // `max` gives TCG guests every feature QEMU can emulate.
         _ => ("tcg", "max"),
     };
-    push("-machine", format!("q35,accel={machine_accel}"));
+    // A vhost-user device process reads and writes guest memory itself:
+    // the RAM must be a shared memfd it can map (the same under TCG).
+    let shared_ram = matches!(cfg.vsock, Some(QemuVsock::User { .. }));
+    if shared_ram {
+        push("-object", format!("memory-backend-memfd,id=mem0,size={}M,share=on", cfg.memory_mib));
+        push("-machine", format!("q35,accel={machine_accel},memory-backend=mem0"));
+    } else {
+        push("-machine", format!("q35,accel={machine_accel}"));
+    }
     push("-cpu", cpu.to_string());
     push("-smp", cfg.vcpus.to_string());
     push("-m", format!("{}M", cfg.memory_mib));
@@ -127,6 +138,15 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
             push("-device", format!("virtio-net-pci,netdev=net0,mac={mac}"));
         }
     }
+    match &cfg.vsock {
+        None => {}
+        Some(QemuVsock::Kernel { cid }) => push("-device", format!("vhost-vsock-pci,guest-cid={cid}")),
+        Some(QemuVsock::User { socket, .. }) => {
+            // QEMU is the vhost-user client: the device process listens.
+            push("-chardev", format!("socket,id=vsock0,path={}", opt_path(socket)));
+            push("-device", "vhost-user-vsock-pci,chardev=vsock0".into());
+        }
+    }
     // The guest panic device turns a guest kernel panic into a QMP event.
     push("-device", "pvpanic".into());
     let mut out: Vec<OsString> = vec!["-nodefaults".into(), "-no-user-config".into()];
@@ -158,6 +178,7 @@ mod tests {
             },
             disks: vec![],
             net: QemuNet::None,
+            vsock: None,
             paths: RunPaths::new(Path::new("/run/paddock"), "web"),
         }
     }
@@ -188,6 +209,22 @@ mod tests {
         let mut c = base();
         c.net = QemuNet::Tap { ifname: "pdtap7".into(), mac: "02:50:44:00:00:07".into() };
         golden("qemu-tap.argv", &build(&c));
+    }
+
+    #[test]
+    fn vhost_user_vsock_golden() {
+        let mut c = base();
+        c.vsock = Some(QemuVsock::User { cid: 42, socket: "/run/paddock/web/vhost-vsock.sock".into() });
+        golden("qemu-vsock-vhost-user.argv", &build(&c));
+    }
+
+    #[test]
+    fn kernel_vsock_needs_no_shared_memory() {
+        let mut c = base();
+        c.vsock = Some(QemuVsock::Kernel { cid: 42 });
+        let argv: Vec<String> = build(&c).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(argv.windows(2).any(|w| w[0] == "-device" && w[1] == "vhost-vsock-pci,guest-cid=42"));
+        assert!(!argv.iter().any(|a| a.contains("memory-backend")));
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::argv::{self, QemuBoot, QemuConfig, QemuNet};
+use super::argv::{self, QemuBoot, QemuConfig, QemuNet, QemuVsock};
 use super::qmp::QmpClient;
 use crate::accel;
 use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
+use crate::vsock;
 
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
@@ -22,11 +23,52 @@ pub struct QemuBackend {
     pub binary: PathBuf,
     /// Deadline for connecting and for every QMP command.
     pub control_timeout: Duration,
+    /// The vhost-user vsock device (`vhost-device-vsock`, found on PATH
+    /// unless a path is given), used where /dev/vhost-vsock is missing.
+    pub vsock_device: PathBuf,
 }
 
 impl QemuBackend {
     pub fn new(binary: PathBuf, control_timeout: Duration) -> Self {
-        QemuBackend { binary, control_timeout }
+        QemuBackend { binary, control_timeout, vsock_device: PathBuf::from("vhost-device-vsock") }
+    }
+
+    pub fn with_vsock_device(mut self, binary: PathBuf) -> Self {
+        self.vsock_device = binary;
+        self
+    }
+
+    /// The VM's vsock device: the kernel's where it exists, else a
+    /// vhost-user device process (refused, with the fix, if not installed).
+    fn vsock(&self, spec: &VmSpec, paths: &RunPaths) -> Result<(Option<QemuVsock>, Option<vsock::DevicePlan>), Error> {
+        if !spec.vsock {
+            return Ok((None, None));
+        }
+        let cid = vsock::guest_cid(&spec.name);
+        if std::path::Path::new(vsock::VHOST_VSOCK_DEV).exists() {
+            return Ok((Some(QemuVsock::Kernel { cid }), None));
+        }
+        let Some(binary) = crate::cloud_hypervisor::backend::find_binary(&self.vsock_device) else {
+            return Err(Error::BackendUnavailable {
+                name: spec.name.clone(),
+                backend: BackendKind::Qemu.as_str(),
+                reason: format!(
+                    "vsock: this host has no {} and no vhost-user vsock device at {:?}; install one with `cargo install vhost-device-vsock` (or set --vsock-device-binary), or set vsock = false",
+                    vsock::VHOST_VSOCK_DEV,
+                    self.vsock_device
+                ),
+            });
+        };
+        let plan = vsock::device_plan(&binary, &spec.name, paths);
+        // Guest-initiated connections arrive at `vsock.sock_<port>`.
+        let longest = vsock::host_socket(paths).as_os_str().len() + 11;
+        if longest > MAX_SOCKET_PATH {
+            return Err(Error::io(
+                format!("vsock socket paths under {:?} would be longer than {MAX_SOCKET_PATH} bytes; use a shorter --run-dir", paths.dir),
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ));
+        }
+        Ok((Some(QemuVsock::User { cid, socket: plan.socket.clone() }), Some(plan)))
     }
 }
 
@@ -45,9 +87,7 @@ impl Backend for QemuBackend {
                 });
             }
         }
-        if spec.vsock {
-            return Err(SpecError::new("vsock", "vsock is available with backend = \"cloud-hypervisor\" only, for now").into());
-        }
+        let (vsock, vsock_device) = self.vsock(spec, paths)?;
         let boot = match (&spec.boot.kernel, &spec.boot.disk) {
             (Some(kernel), _) => {
                 let (initrd, cmdline) = crate::backend::kernel_boot(spec, kernel, lease)?;
@@ -80,6 +120,7 @@ impl Backend for QemuBackend {
             boot,
             disks,
             net,
+            vsock,
             paths: paths.clone(),
         };
         let guest_address = crate::backend::reach(spec, lease);
@@ -92,6 +133,9 @@ impl Backend for QemuBackend {
             guest_address,
             marker: argv::marker(&spec.name),
             api_config: None,
+            network: crate::backend::network_info(spec, lease),
+            vsock: crate::backend::vsock_info(spec, paths),
+            vsock_device,
         })
     }
 

@@ -91,6 +91,8 @@ struct Run {
     /// Set when the start is abandoned (e.g. the control socket never
     /// answered); the exit that follows reports this reason.
     start_failure: Option<String>,
+    /// The vhost-user vsock device process, stopped after the hypervisor.
+    vsock_device: Option<crate::vsock::Device>,
 }
 
 struct Stopping {
@@ -292,6 +294,7 @@ impl Run {
             shutdown_by_guest: None,
             control_closed: false,
             start_failure: None,
+            vsock_device: None,
         }
     }
 
@@ -335,6 +338,8 @@ impl VmState {
             pid: self.run.as_ref().map(|r| r.pid),
             accel: self.accel.map(|a| format!("{a:?}").to_lowercase()),
             addresses: self.run.as_ref().map(|r| r.plan.guest_address.clone()).unwrap_or_default(),
+            network: self.run.as_ref().and_then(|r| r.plan.network.clone()),
+            vsock: self.run.as_ref().and_then(|r| r.plan.vsock.clone()),
             console_log: self.paths.console_log.clone(),
             spec: self.spec.clone(),
         }
@@ -420,9 +425,19 @@ impl VmState {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         let _ = self.transition(PhaseEvent::StartRequested).await;
+        let vsock_device = match self.start_vsock_device(&plan).await {
+            Ok(d) => d,
+            Err(reason) => {
+                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
+                return Err(Error::StartFailed { name: self.name.clone(), reason });
+            }
+        };
         let spawned = match process::spawn(&plan) {
             Ok(s) => s,
             Err(e) => {
+                if let Some(d) = vsock_device {
+                    d.stop(&self.name).await;
+                }
                 let reason = error_chain(&e);
                 let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
@@ -450,11 +465,24 @@ impl VmState {
         let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) }, me.get_cell())
             .await
             .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
-        self.run = Some(Run::new(pid, run_id, plan, process));
+        let mut run = Run::new(pid, run_id, plan, process);
+        run.vsock_device = vsock_device;
+        self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
         self.post_board();
         Ok(())
+    }
+
+    /// The vhost-user vsock device, started before the hypervisor (which
+    /// connects to it). One left by an earlier life of this VM (a daemon
+    /// that died between the two) is stopped first.
+    async fn start_vsock_device(&self, plan: &LaunchPlan) -> std::result::Result<Option<crate::vsock::Device>, String> {
+        let Some(dp) = &plan.vsock_device else { return Ok(None) };
+        if let Some(old) = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|pid| crate::vsock::Device::adopt(&self.name, pid)) {
+            old.stop(&self.name).await;
+        }
+        crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout).await.map(Some).map_err(|e| e.to_string())
     }
 
     /// The overlay, data disk and seed of this VM, made (or found) on the
@@ -611,8 +639,12 @@ impl VmState {
         if self.run.as_ref().map(|r| r.pid) != Some(pid) {
             return; // a notice from an earlier run
         }
-        let Some(run) = self.run.take() else { return };
+        let Some(mut run) = self.run.take() else { return };
         run.stop_children();
+        if let Some(d) = run.vsock_device.take() {
+            // The hypervisor is gone, so nothing uses the device any more.
+            d.stop(&self.name).await;
+        }
         if let Some(id) = run.run_id {
             if let Err(e) = self.deps.store.end_run(id, &exit).await {
                 tracing::error!(vm = %self.name, error = %e, "cannot record run end");
@@ -687,6 +719,9 @@ impl VmState {
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
             let _ = std::fs::remove_file(p);
         }
+        for p in [crate::vsock::host_socket(&self.paths), crate::vsock::device_socket(&self.paths)] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     // ------------------------------------------------------------- recovery
@@ -729,7 +764,9 @@ impl VmState {
                     }
                 };
                 tracing::info!(vm = %self.name, pid, "adopted");
-                self.run = Some(Run::new(pid, Some(run_id), plan, process));
+                let mut run = Run::new(pid, Some(run_id), plan, process);
+                run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
+                self.run = Some(run);
                 self.spawn_lease(me, lease).await;
                 self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
                 self.spawn_control(me).await;

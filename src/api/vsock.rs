@@ -1,0 +1,62 @@
+//! Reaching into guests: a guest's vsock port as an HTTP upgrade to a raw
+//! duplex stream, and the volumes (kept data disks).
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use hyper_util::rt::TokioIo;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::VolumeInfo;
+
+pub const UPGRADE_PROTOCOL: &str = "paddock-vsock";
+
+/// Connects to the guest port first, so a VM without vsock, a stopped VM
+/// or a port nobody listens on is an ordinary JSON error; then upgrades
+/// and copies bytes both ways until either side closes.
+pub async fn connect(State(rt): State<AppState>, Path((name, port)): Path<(String, u32)>, mut req: Request) -> Result<Response, ApiError> {
+    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(UPGRADE_PROTOCOL);
+    if !wants {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            detail: super::types::ErrorDetail {
+                kind: "invalid_request".into(),
+                message: format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
+                field: None,
+            },
+        });
+    }
+    let mut guest = rt.vsock_connect(&name, port).await?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(vm = %name, port, error = %e, "vsock upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(upgraded);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut guest).await {
+            tracing::debug!(vm = %name, port, error = %e, "vsock stream ended");
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_default())
+}
+
+pub async fn volumes(State(rt): State<AppState>) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
+    Ok(Json(rt.volumes().await?))
+}
+
+pub async fn remove_volume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    rt.remove_volume(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
