@@ -39,9 +39,15 @@ pub async fn connect(State(rt): State<AppState>, Path((name, port)): Path<(Strin
                 return;
             }
         };
-        let mut client = TokioIo::new(upgraded);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut guest).await {
-            tracing::debug!(vm = %name, port, error = %e, "vsock stream ended");
+        // Either side ending ends the session. A half-close is not passed
+        // on: vhost-device-vsock turns any EOF from the host into a full
+        // shutdown, which would lose the guest's answer; the client closes
+        // when it is done instead (`paddock vsock` lingers for it).
+        let (mut crd, mut cwr) = tokio::io::split(TokioIo::new(upgraded));
+        let (mut grd, mut gwr) = guest.split();
+        tokio::select! {
+            r = tokio::io::copy(&mut crd, &mut gwr) => tracing::debug!(vm = %name, port, result = ?r, "vsock client ended"),
+            r = tokio::io::copy(&mut grd, &mut cwr) => tracing::debug!(vm = %name, port, result = ?r, "vsock guest ended"),
         }
     });
     Ok(Response::builder()

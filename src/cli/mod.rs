@@ -158,7 +158,14 @@ enum Command {
     Volume(VolumeCommand),
     /// Connect stdin/stdout to a port of the guest's vsock (the VM needs
     /// `vsock = true`).
-    Vsock { name: String, port: u32 },
+    Vsock {
+        name: String,
+        port: u32,
+        /// After the end of input, wait this long (milliseconds) for more
+        /// of the guest's answer before closing.
+        #[arg(long, default_value_t = 1000)]
+        linger_ms: u64,
+    },
     /// Stop the daemon. VMs keep running (the next daemon re-adopts them)
     /// unless --stop-vms.
     Shutdown {
@@ -306,7 +313,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
         Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
-        Command::Vsock { name, port } => vsock::bridge(&client, &name, port).await,
+        Command::Vsock { name, port, linger_ms } => vsock::bridge(&client, &name, port, Duration::from_millis(linger_ms)).await,
         Command::Rm { name, force, volumes } => async {
             client.remove_with(&name, force, volumes).await?;
             if !json {

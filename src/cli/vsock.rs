@@ -1,22 +1,39 @@
 //! `paddock vsock NAME PORT` (stdin/stdout joined to a guest vsock port)
 //! and `paddock volume ls|rm`.
 
+use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{CliError, VolumeCommand};
 use crate::client::Client;
 
-/// Copies stdin to the guest port and the port to stdout. End of stdin
-/// half-closes the stream, so a request piped in still gets its answer;
-/// the guest closing ends the command.
-pub async fn bridge(client: &Client, name: &str, port: u32) -> Result<(), CliError> {
+/// Copies stdin to the guest port and the port to stdout. The guest
+/// closing ends the command; so does the end of stdin, once the guest has
+/// then been quiet for `linger` (its answer to the last input still
+/// arrives, as with `socat -t`). A half-close cannot be used instead: the
+/// vsock device turns it into a full shutdown.
+pub async fn bridge(client: &Client, name: &str, port: u32, linger: Duration) -> Result<(), CliError> {
     let io = client.vsock(name, port).await?;
     let (mut rd, mut wr) = tokio::io::split(io);
+    let (stdin_done_tx, mut stdin_done) = tokio::sync::watch::channel(false);
     let to_stdout = async {
         let mut out = tokio::io::stdout();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match rd.read(&mut buf).await {
+            let read = if *stdin_done.borrow() {
+                match tokio::time::timeout(linger, rd.read(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => return, // quiet for `linger` after the end of input
+                }
+            } else {
+                // Reads are cancel-safe: switching to the lingering read
+                // loses no data.
+                tokio::select! {
+                    r = rd.read(&mut buf) => r,
+                    _ = stdin_done.changed() => continue,
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     if out.write_all(&buf[..n]).await.is_err() || out.flush().await.is_err() {
@@ -29,8 +46,8 @@ pub async fn bridge(client: &Client, name: &str, port: u32) -> Result<(), CliErr
     let from_stdin = async {
         let mut inp = tokio::io::stdin();
         let _ = tokio::io::copy(&mut inp, &mut wr).await;
-        let _ = wr.shutdown().await;
-        // Keep waiting for the guest's answer.
+        let _ = wr.flush().await;
+        let _ = stdin_done_tx.send(true);
         std::future::pending::<()>().await
     };
     tokio::select! { _ = to_stdout => {}, _ = from_stdin => {} }
