@@ -39,7 +39,19 @@ pub fn base_image(spec: &VmSpec, images: &ImageCache) -> Result<Option<PathBuf>,
 }
 
 /// A spec for validation only: `boot.image` stands in as the boot disk.
+/// The service disk's host files and trees are checked here, so a typo
+/// is refused before anything of the VM exists.
 pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Error> {
+    if let Some(sd) = &spec.service_disk {
+        for (i, src) in sd.files.iter().enumerate().filter_map(|(i, f)| f.source.as_ref().map(|s| (i, s))) {
+            paddock_images::check_file(&format!("service_disk.files[{i}].source"), src).map_err(crate::backend::image_error)?;
+        }
+        for (i, t) in sd.trees.iter().enumerate() {
+            if !t.source.is_dir() {
+                return Err(SpecError::new(format!("service_disk.trees[{i}].source"), format!("{:?} is not a readable directory", t.source)).into());
+            }
+        }
+    }
     let mut s = spec.clone();
     if let Some(base) = base_image(spec, images)? {
         s.boot.disk = Some(base);
@@ -159,4 +171,55 @@ pub fn remove(dir: &Path, volumes: bool) -> Result<(), Error> {
         let _ = std::fs::remove_dir(dir);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Boot, LauncherSpec, ServiceDiskSpec, ServiceFile, ServiceTree};
+
+    #[test]
+    fn service_disk_is_built_read_only_and_removed_with_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("keys");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/k.pem"), b"key").unwrap();
+        let vm = dir.path().join("vm");
+        let images = ImageCache::open(dir.path().join("images"), Default::default()).unwrap();
+        let spec = VmSpec::builder("svc")
+            .boot(Boot::kernel("/k"))
+            .service_disk(ServiceDiskSpec {
+                files: vec![ServiceFile { path: "etc/app.conf".into(), content: Some("x=1".into()), source: None }],
+                trees: vec![ServiceTree { source: tree.clone(), at: "keystore".into() }],
+                launcher: Some(LauncherSpec { program: "bin/app".into(), ..Default::default() }),
+                ..Default::default()
+            })
+            .build();
+        for_validation(&spec, &images).unwrap();
+        let out = materialize(&spec, &vm, &images, None).unwrap();
+        let disk = out.disks.last().unwrap();
+        assert_eq!((disk.path.clone(), disk.readonly), (vm.join(SERVICE_DISK), true));
+        let label = std::process::Command::new("mlabel").args(["-s", "-i"]).arg(&disk.path).arg("::").output().unwrap();
+        assert!(String::from_utf8_lossy(&label.stdout).contains("SERVICE"), "{label:?}");
+        let ls = std::process::Command::new("mdir").args(["-/", "-b", "-i"]).arg(&disk.path).arg("::").output().unwrap();
+        let ls = String::from_utf8_lossy(&ls.stdout);
+        for want in ["launch.sh", "app.conf", "k.pem"] {
+            assert!(ls.contains(want), "{want} missing from the disk: {ls}");
+        }
+        remove(&vm, false).unwrap();
+        assert!(!vm.exists(), "the service disk outlived its VM");
+
+        let mut bad = spec.clone();
+        bad.service_disk.as_mut().unwrap().trees[0].source = dir.path().join("nope");
+        match for_validation(&bad, &images) {
+            Err(Error::InvalidSpec(e)) => assert_eq!(e.field, "service_disk.trees[0].source"),
+            other => panic!("{other:?}"),
+        }
+        bad.service_disk.as_mut().unwrap().trees.clear();
+        bad.service_disk.as_mut().unwrap().files[0] = ServiceFile { path: "bin/app".into(), content: None, source: Some(dir.path().join("missing")) };
+        match for_validation(&bad, &images) {
+            Err(Error::InvalidSpec(e)) => assert_eq!(e.field, "service_disk.files[0].source"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -620,4 +620,51 @@ mod tests {
         s.cloud_init = Some(CloudInitSpec { user_data: Some("#cloud-config".into()), runcmd: vec!["x".into()], ..Default::default() });
         assert_eq!(s.validate().unwrap_err().field, "cloud_init.user_data");
     }
+
+    #[test]
+    fn builder_has_the_file_defaults() {
+        let built = VmSpec::builder("web").boot(Boot::kernel("/k")).build();
+        assert_eq!(built, spec(), "builder and file defaults differ");
+        let custom = VmSpec::builder("web").boot(Boot::kernel("/k").cmdline("quiet")).vcpus(2).vsock(true).build();
+        assert_eq!((custom.vcpus, custom.memory_mib, custom.vsock), (2, 512, true));
+        assert_eq!(custom.boot.cmdline.as_deref(), Some("quiet"));
+    }
+
+    fn with_service_disk(json: serde_json::Value) -> Result<VmSpec, String> {
+        let sd: ServiceDiskSpec = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        let mut s = spec();
+        s.service_disk = Some(sd);
+        Ok(s)
+    }
+
+    #[test]
+    fn service_disk_mistakes_name_their_field() {
+        let cases = [
+            (serde_json::json!({"label": "lower"}), "service_disk.label"),
+            (serde_json::json!({"label": "TWELVE_CHARS"}), "service_disk.label"),
+            (serde_json::json!({"files": [{"path": "../etc/passwd", "content": "x"}]}), "service_disk.files[0].path"),
+            (serde_json::json!({"files": [{"path": "a"}]}), "service_disk.files[0]"),
+            (serde_json::json!({"files": [{"path": "a", "content": "x", "source": "/x"}]}), "service_disk.files[0]"),
+            (serde_json::json!({"files": [{"path": "a", "source": "rel"}]}), "service_disk.files[0].source"),
+            (serde_json::json!({"trees": [{"source": "rel"}]}), "service_disk.trees[0].source"),
+            (serde_json::json!({"trees": [{"source": "/srv", "at": "a/../b"}]}), "service_disk.trees[0].at"),
+            (serde_json::json!({"launcher": {"program": ""}}), "service_disk.launcher"),
+            (serde_json::json!({"launcher": {"program": "x", "env": {"A-B": "v"}}}), "service_disk.launcher"),
+            (serde_json::json!({"launcher": {"program": "x", "args": ["nul\0"]}}), "service_disk.launcher"),
+        ];
+        for (json, field) in cases {
+            let s = with_service_disk(json.clone()).unwrap();
+            let e = s.validate().expect_err(&json.to_string());
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+        let ok = with_service_disk(serde_json::json!({
+            "files": [{"path": "bin/app", "source": "/usr/bin/true"}, {"path": "etc/app.conf", "content": "x=1"}],
+            "trees": [{"source": "/srv/keys", "at": "keystore"}, {"source": "/srv/root"}],
+            "launcher": {"program": "bin/app", "args": ["a b", "", "$x"], "env": {"EMPTY": ""}, "workdir": "keystore"}
+        }))
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.service_disk.unwrap().label, "SERVICE");
+        assert!(with_service_disk(serde_json::json!({"lable": "X"})).unwrap_err().contains("lable"));
+    }
 }
