@@ -60,3 +60,51 @@ fn exit_codes_tell_failures_apart() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("paddock serve"), "{err}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_client_quietly() {
+    let d = Daemon::start();
+    for args in [&["--json", "ps"][..], &["ps"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .arg("--socket")
+            .arg(d.client.socket())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run paddock");
+        // `| head` that has already exited: the read end is closed before
+        // the client writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?}", out.status);
+    }
+}
+
+#[test]
+fn serve_puts_its_socket_in_the_run_dir_unless_told_otherwise() {
+    let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
+    let run = dir.path().join("run");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["serve", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--run-dir")
+        .arg(&run)
+        .env_remove("PADDOCK_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("paddock serve");
+    let client = paddock::client::Client::new(run.join("paddock.sock"));
+    let up = block_on(client.wait_ready(std::time::Duration::from_secs(20)));
+    if up.is_err() {
+        let _ = serve.kill();
+    }
+    up.expect("the daemon answers on RUN_DIR/paddock.sock");
+    block_on(client.shutdown(false, 0)).expect("shutdown");
+    let status = serve.wait().expect("wait serve");
+    assert!(status.success(), "{status:?}");
+}
