@@ -218,6 +218,16 @@ async fn vsock_gets_a_per_vm_cid() {
     let cid = paddock_actors::cloud_hypervisor::backend::vsock_cid("sox");
     assert_eq!(info.config["vsock"]["cid"], serde_json::json!(cid), "{}", info.config);
     assert!(cid >= 3);
+    // The same host-side interface as QEMU's: the API's vsock stream.
+    let mut stream = ch.d.client.vsock("sox", 1234).await.expect("vsock stream");
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(b"ping over hybrid vsock\n").await.expect("write");
+        let mut buf = [0u8; 23];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut buf)).await.expect("echo in time").expect("read");
+        assert_eq!(&buf, b"ping over hybrid vsock\n");
+    }
+    drop(stream);
     ch.d.client.stop("sox", 30).await.expect("stop");
     ch.assert_no_violation();
 }

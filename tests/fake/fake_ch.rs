@@ -310,6 +310,9 @@ impl Fake {
         self.event("vm", "booting");
         self.serial("fake-ch: booting\nPADDOCK-GUEST-READY\n");
         self.event("vm", "booted");
+        if let Some(path) = lock(&self.vm).as_ref().and_then(|v| v.config.pointer("/vsock/socket").and_then(Value::as_str).map(PathBuf::from)) {
+            serve_hybrid_vsock(path);
+        }
         if let Some(ms) = self.mode.crash_after_ms {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -326,6 +329,30 @@ impl Fake {
             });
         }
     }
+}
+
+/// CH's hybrid vsock on the host side: `CONNECT <port>\n` is answered
+/// `OK <n>\n` and the fake "guest" echoes the bytes back.
+fn serve_hybrid_vsock(path: PathBuf) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let _ = std::fs::remove_file(&path);
+    let Ok(listener) = tokio::net::UnixListener::bind(&path) else { fail(&format!("cannot bind the vsock socket {path:?}")) };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                if s.read_line(&mut line).await.is_err() || !line.starts_with("CONNECT ") {
+                    return;
+                }
+                if s.get_mut().write_all(b"OK 1073741824\n").await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = tokio::io::split(s);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
 }
 
 fn violation(endpoint: &str, why: &str, status: StatusCode) -> (StatusCode, Value, After) {
