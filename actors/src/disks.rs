@@ -174,6 +174,7 @@ pub fn remove(dir: &Path, volumes: bool) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::spec::{Boot, LauncherSpec, ServiceDiskSpec, ServiceFile, ServiceTree};

@@ -69,6 +69,7 @@ pub fn remove(state_dir: &Path, name: &str, vm_exists: bool) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt as _;
 use hyper_util::rt::TokioIo;
@@ -34,17 +34,7 @@ pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, Query(
 }
 
 pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut req: Request) -> Result<Response, ApiError> {
-    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(UPGRADE_PROTOCOL);
-    if !wants {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            detail: super::types::ErrorDetail {
-                kind: "invalid_request".into(),
-                message: format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
-                field: None,
-            },
-        });
-    }
+    super::upgrade::require(&req, UPGRADE_PROTOCOL)?;
     let attach = rt.console_attach(&name).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -92,10 +82,5 @@ pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut re
         // console for the next writer.
         tokio::select! { _ = out => {}, _ = inp => {} }
     });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, UPGRADE_PROTOCOL)
-        .body(Body::empty())
-        .unwrap_or_default())
+    Ok(super::upgrade::switching(UPGRADE_PROTOCOL))
 }

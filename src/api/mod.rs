@@ -23,6 +23,7 @@
 //! ```
 
 mod console;
+mod upgrade;
 mod vsock;
 pub mod error;
 mod events;

@@ -1,9 +1,8 @@
 //! Reaching into guests: a guest's vsock port as an HTTP upgrade to a raw
 //! duplex stream, and the volumes (kept data disks).
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
@@ -18,17 +17,7 @@ pub const UPGRADE_PROTOCOL: &str = "paddock-vsock";
 /// or a port nobody listens on is an ordinary JSON error; then upgrades
 /// and copies bytes both ways until either side closes.
 pub async fn connect(State(rt): State<AppState>, Path((name, port)): Path<(String, u32)>, mut req: Request) -> Result<Response, ApiError> {
-    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(UPGRADE_PROTOCOL);
-    if !wants {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            detail: super::types::ErrorDetail {
-                kind: "invalid_request".into(),
-                message: format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
-                field: None,
-            },
-        });
-    }
+    super::upgrade::require(&req, UPGRADE_PROTOCOL)?;
     let mut guest = rt.vsock_connect(&name, port).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -50,12 +39,7 @@ pub async fn connect(State(rt): State<AppState>, Path((name, port)): Path<(Strin
             r = tokio::io::copy(&mut grd, &mut cwr) => tracing::debug!(vm = %name, port, result = ?r, "vsock guest ended"),
         }
     });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, UPGRADE_PROTOCOL)
-        .body(Body::empty())
-        .unwrap_or_default())
+    Ok(super::upgrade::switching(UPGRADE_PROTOCOL))
 }
 
 pub async fn volumes(State(rt): State<AppState>) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
