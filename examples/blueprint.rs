@@ -1,27 +1,25 @@
-//! The Blueprint flow on Paddock: each service in its own VM.
-//!
-//! Per service: a spec with the guest (kernel boot, or a cloud image), a FAT
-//! service disk (the service binary, a keystore tree and a launcher with
-//! exact args and env), a cloud-init seed, a data disk, a TAP lease, and
-//! vsock. Then: wait for the service's readiness line, talk to it over
-//! vsock, stop it through ACPI, remove it (the data disk stays).
+//! The Blueprint flow on Paddock: each service in its own VM with a FAT
+//! service disk (binary, keystore tree, launcher with exact args and env),
+//! a cloud-init seed, a data disk, a TAP lease and vsock. Wait for the
+//! service's readiness line, talk to it over vsock, stop it through ACPI,
+//! remove it (the data disk stays).
 //!
 //! ```sh
 //! scripts/build-test-guest.sh; scripts/build-guest-service.sh
 //! sudo cargo run --example blueprint      # TAP leases need root
 //! ```
 //!
-//! The guest is the project's busybox test guest unless `BLUEPRINT_IMAGE`
-//! names a pulled cloud image (`sha256:...`), which then runs the launcher
-//! through cloud-init. `BLUEPRINT_DIR` holds state and run files (default:
-//! a temporary directory); `BLUEPRINT_SERVICE_BIN` is the in-guest service
+//! The guest is the busybox test guest unless `BLUEPRINT_IMAGE` names a
+//! pulled cloud image (`sha256:...`), which runs the launcher through
+//! cloud-init. `BLUEPRINT_DIR`: state and run files (default: a temporary
+//! directory). `BLUEPRINT_SERVICE_BIN`: the in-guest service
 //! (examples/guest-service, built static by scripts/build-guest-service.sh).
 
 use paddock::{
-    Boot, CloudInitSpec, DataDiskSpec, LauncherSpec, Network, NetworkMode, Runtime, RuntimeConfig, ServiceDiskSpec, ServiceFile,
-    ServiceTree, VmSpec, WaitFor,
+    Boot, CloudInitSpec, DataDiskSpec, LauncherSpec, Network, Runtime, RuntimeConfig, ServiceDiskSpec, ServiceFile, ServiceTree,
+    VmSpec, WaitFor,
 };
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,133 +27,106 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// The vsock port the service listens on.
 pub const PORT: u32 = 5000;
 
-/// One service to deploy.
+/// One service: what goes on its disk.
 pub struct Service {
     pub name: String,
     pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    /// A host directory copied to `keystore/` on the service disk.
+    pub env: Vec<(String, String)>,
     pub keystore: PathBuf,
+    pub binary: PathBuf,
 }
 
-/// What the service said about itself over vsock.
-#[derive(Debug)]
-pub struct Report {
-    pub address: Option<std::net::Ipv4Addr>,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, Option<String>>,
-    pub cwd: String,
-    pub tree: Vec<String>,
-    pub stopped_by: String,
-}
-
-/// Where the guest and the service binary come from.
-pub struct Guest {
-    pub boot: Boot,
-    /// Cloud images run the launcher through cloud-init; the test guest
-    /// through its `paddock.run_disk` switch.
-    pub cloud_image: bool,
-    pub service_bin: PathBuf,
-}
-
-impl Guest {
-    pub fn from_env() -> Guest {
-        let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/paddock");
-        let service_bin = std::env::var_os("BLUEPRINT_SERVICE_BIN").map(PathBuf::from).unwrap_or_else(|| home.join("guest-service/paddock-guest-service"));
-        match std::env::var("BLUEPRINT_IMAGE") {
-            Ok(image) => Guest { boot: Boot::image(image), cloud_image: true, service_bin },
-            Err(_) => {
-                let g = std::env::var_os("PADDOCK_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|| home.join("test-guest"));
-                // Disks in attach order: data (vda), seed (vdb), service (vdc).
-                let boot = Boot::kernel(g.join("vmlinuz")).initrd(g.join("initramfs.cpio.gz")).cmdline("console=ttyS0 panic=-1 quiet paddock.run_disk=/dev/vdc");
-                Guest { boot, cloud_image: false, service_bin }
-            }
-        }
-    }
-}
-
-/// The VM of one service: everything the Blueprint manager used to build by hand.
-pub fn spec(s: &Service, guest: &Guest) -> VmSpec {
-    let launcher = LauncherSpec { program: "../bin/service".into(), args: s.args.clone(), env: s.env.clone(), workdir: Some("keystore".into()) };
-    let runcmd = vec!["mkdir -p /srv/svc && mount -o ro LABEL=SERVICE /srv/svc && (sh /srv/svc/launch.sh >/dev/ttyS0 2>&1 &)".to_string()];
+/// The VM of one service.
+pub fn spec(s: &Service, boot: Boot, cloud_image: bool) -> VmSpec {
+    // A cloud image runs the launcher from cloud-init; the test guest from
+    // its `paddock.run_disk` switch (in `test_guest_boot`).
+    let run = "mkdir -p /srv/svc && mount -o ro LABEL=SERVICE /srv/svc && (sh /srv/svc/launch.sh >/dev/ttyS0 2>&1 &)";
     VmSpec::builder(s.name.as_str())
-        .boot(guest.boot.clone())
+        .boot(boot)
         .memory_mib(256)
         .ready_pattern("SERVICE-READY")
         .vsock(true)
-        .network(Network { mode: NetworkMode::Tap, ..Default::default() })
+        .network(Network::tap())
         .data_disk(DataDiskSpec { size_gib: 1 })
-        .cloud_init(CloudInitSpec { runcmd: if guest.cloud_image { runcmd } else { vec![] }, ..Default::default() })
+        .cloud_init(CloudInitSpec { runcmd: cloud_image.then(|| run.to_string()).into_iter().collect(), ..Default::default() })
         .service_disk(ServiceDiskSpec {
-            files: vec![ServiceFile { path: "bin/service".into(), source: Some(guest.service_bin.clone()), content: None }],
-            trees: vec![ServiceTree { source: s.keystore.clone(), at: "keystore".into() }],
-            launcher: Some(launcher),
+            files: vec![ServiceFile::host("bin/service", &s.binary)],
+            trees: vec![ServiceTree::new(&s.keystore, "keystore")],
+            launcher: Some(LauncherSpec::new("../bin/service").args(s.args.clone()).env(s.env.clone()).workdir("keystore")),
             ..Default::default()
         })
         .build()
 }
 
-/// Deploys `s`, asks it about itself over vsock, stops it by ACPI, removes it.
-pub async fn deploy(rt: &Runtime, s: &Service, guest: &Guest) -> anyhow::Result<Report> {
-    let info = rt.up(spec(s, guest), WaitFor::Ready, Duration::from_secs(240)).await?;
-    let mut vsock = BufReader::new(rt.vsock_connect(&s.name, PORT).await?);
-    let mut ask = async |q: &str| -> anyhow::Result<serde_json::Value> {
+/// Deploys a service, asks it `questions` over vsock, stops and removes it.
+/// Returns the lease address, the answers and the rung that stopped it.
+pub async fn deploy(rt: &Runtime, spec: VmSpec, questions: &[&str]) -> anyhow::Result<(Option<std::net::Ipv4Addr>, Vec<Value>, String)> {
+    let info = rt.up(spec, WaitFor::Ready, Duration::from_secs(240)).await?;
+    let mut vsock = BufReader::new(rt.vsock_connect(&info.name, PORT).await?);
+    let mut answers = Vec::new();
+    for q in questions {
         vsock.get_mut().write_all(format!("{q}\n").as_bytes()).await?;
         let mut line = String::new();
         vsock.read_line(&mut line).await?;
-        Ok(serde_json::from_str(&line)?)
-    };
-    let args = serde_json::from_value(ask("args").await?)?;
-    let mut env = BTreeMap::new();
-    for k in s.env.keys() {
-        env.insert(k.clone(), serde_json::from_value(ask(&format!("env {k}")).await?)?);
+        answers.push(serde_json::from_str(&line)?);
     }
-    let (cwd, tree) = (serde_json::from_value(ask("cwd").await?)?, serde_json::from_value(ask("tree").await?)?);
-    let stopped = rt.stop(&s.name, Duration::from_secs(60)).await?;
-    rt.remove(&s.name, false).await?;
-    let stopped_by = stopped.rung.map(|r| r.as_str().to_string()).unwrap_or_default();
-    Ok(Report { address: info.network.and_then(|n| n.address), args, env, cwd, tree, stopped_by })
+    let stopped = rt.stop(&info.name, Duration::from_secs(60)).await?;
+    rt.remove(&info.name, false).await?;
+    let rung = stopped.rung.map(|r| r.as_str().to_string()).unwrap_or_default();
+    Ok((info.network.and_then(|n| n.address), answers, rung))
 }
 
-/// The demo service: arguments and values a shell would mangle.
-pub fn demo_service(keystore: &Path) -> Service {
+/// The test guest's kernel boot; disks in attach order: data (vda), seed
+/// (vdb), service (vdc).
+pub fn test_guest_boot(dir: &Path) -> Boot {
+    Boot::kernel(dir.join("vmlinuz")).initrd(dir.join("initramfs.cpio.gz")).cmdline("console=ttyS0 panic=-1 quiet paddock.run_disk=/dev/vdc")
+}
+
+/// The demo service: arguments and values a shell would mangle, and a
+/// keystore tree (what a real deployment copies from its vault).
+pub fn demo_service(dir: &Path, binary: PathBuf) -> std::io::Result<Service> {
+    let keystore = dir.join("keystore");
+    std::fs::create_dir_all(keystore.join("certs"))?;
+    std::fs::write(keystore.join("node.key"), b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n")?;
+    std::fs::write(keystore.join("certs/ca.pem"), b"-----BEGIN CERTIFICATE-----\nnot-a-real-cert\n")?;
     let args = ["plain", "two words", "it's \"quoted\"", "$HOME and `id` and $(id)", "", "back\\slash", "ünï €"];
     let env = [("SERVICE_VSOCK_PORT", PORT.to_string()), ("TRICKY", "a 'b' \"c\" $d `e` \\f".into()), ("EMPTY", String::new())];
-    Service {
+    Ok(Service {
         name: "blueprint-svc".into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        keystore: keystore.to_path_buf(),
-    }
+        args: args.map(String::from).to_vec(),
+        env: env.map(|(k, v)| (k.to_string(), v)).to_vec(),
+        keystore,
+        binary,
+    })
 }
 
-/// Writes a small keystore tree (what a real deployment copies from its vault).
-pub fn write_keystore(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.join("certs"))?;
-    std::fs::write(dir.join("node.key"), b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n")?;
-    std::fs::write(dir.join("certs/ca.pem"), b"-----BEGIN CERTIFICATE-----\nnot-a-real-cert\n")
-}
-
-pub async fn run(dir: &Path) -> anyhow::Result<Report> {
-    write_keystore(&dir.join("keystore"))?;
+/// The whole flow in `dir`: one runtime, the demo service, its answers.
+pub async fn run(dir: &Path) -> anyhow::Result<(Service, Option<std::net::Ipv4Addr>, Vec<Value>, String)> {
+    let cache = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/paddock");
+    let var = |k: &str, default: PathBuf| std::env::var_os(k).map(PathBuf::from).unwrap_or(default);
+    let service = demo_service(dir, var("BLUEPRINT_SERVICE_BIN", cache.join("guest-service/paddock-guest-service")))?;
+    let (boot, cloud_image) = match std::env::var("BLUEPRINT_IMAGE") {
+        Ok(image) => (Boot::image(image), true),
+        Err(_) => (test_guest_boot(&var("PADDOCK_GUEST_DIR", cache.join("test-guest"))), false),
+    };
+    let mut questions = vec!["args".to_string(), "cwd".into(), "tree".into()];
+    questions.extend(service.env.iter().map(|(k, _)| format!("env {k}")));
     let rt = Runtime::start(RuntimeConfig::new(dir.join("state"), dir.join("run"))).await?;
-    let report = deploy(&rt, &demo_service(&dir.join("keystore")), &Guest::from_env()).await;
+    let q: Vec<&str> = questions.iter().map(String::as_str).collect();
+    let result = deploy(&rt, spec(&service, boot, cloud_image), &q).await;
     rt.shutdown().await;
-    report
+    let (address, answers, rung) = result?;
+    Ok((service, address, answers, rung))
 }
 
 #[allow(dead_code)] // the suite calls `run`, not `main`
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let tmp;
-    let dir = match std::env::var_os("BLUEPRINT_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            tmp = tempfile::Builder::new().prefix("blueprint").tempdir_in("/tmp")?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let report = run(&dir).await?;
-    println!("{report:#?}");
+    let tmp = tempfile::Builder::new().prefix("blueprint").tempdir_in("/tmp")?;
+    let dir = std::env::var_os("BLUEPRINT_DIR").map(PathBuf::from).unwrap_or_else(|| tmp.path().to_path_buf());
+    let (_, address, answers, rung) = run(&dir).await?;
+    println!("guest address: {address:?}\nthe service said over vsock:");
+    answers.iter().for_each(|a| println!("  {a}"));
+    println!("stopped by: {rung}");
     Ok(())
 }

@@ -69,19 +69,20 @@ fn blueprint_example_runs_exactly_and_leaves_only_its_volume() {
 fn blueprint_in_this_netns() {
     let dir = std::path::PathBuf::from(std::env::var_os("BLUEPRINT_DIR").expect("BLUEPRINT_DIR"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let report = rt.block_on(blueprint::run(&dir)).expect("the Blueprint flow");
-    println!("{report:#?}");
-    let want = blueprint::demo_service(&dir.join("keystore"));
-    assert_eq!(report.args, want.args, "launcher args changed on the way");
-    for (k, v) in &want.env {
-        assert_eq!(report.env[k].as_deref(), Some(v.as_str()), "env {k} changed on the way");
+    let (want, address, answers, rung) = rt.block_on(blueprint::run(&dir)).expect("the Blueprint flow");
+    println!("address {address:?}, answers {answers:#?}, stopped by {rung}");
+    let text = |v: &serde_json::Value| v.as_str().map(String::from);
+    let list = |v: &serde_json::Value| v.as_array().map(|a| a.iter().filter_map(text).collect::<Vec<_>>());
+    assert_eq!(list(&answers[0]), Some(want.args.clone()), "launcher args changed on the way");
+    assert!(text(&answers[1]).is_some_and(|cwd| cwd.ends_with("/keystore")), "workdir: {}", answers[1]);
+    let keystore: Vec<String> = files(&want.keystore).iter().map(|f| format!("{f} {}", std::fs::metadata(want.keystore.join(f)).map(|m| m.len()).unwrap_or(0))).collect();
+    assert_eq!(list(&answers[2]), Some(keystore), "the keystore tree on the service disk differs");
+    for ((k, v), got) in want.env.iter().zip(&answers[3..]) {
+        assert_eq!(text(got).as_deref(), Some(v.as_str()), "env {k} changed on the way");
     }
-    assert!(report.cwd.ends_with("/keystore"), "workdir: {}", report.cwd);
-    let keystore: Vec<String> =
-        files(&dir.join("keystore")).iter().map(|f| format!("{f} {}", std::fs::metadata(dir.join("keystore").join(f)).map(|m| m.len()).unwrap_or(0))).collect();
-    assert_eq!(report.tree, keystore, "the keystore tree on the service disk differs");
-    assert!(report.address.is_some(), "no typed lease address");
-    assert_eq!(report.stopped_by, "acpi");
+    assert_eq!(answers.len(), 3 + want.env.len());
+    assert!(address.is_some(), "no typed lease address");
+    assert_eq!(rung, "acpi");
 
     // `rm` kept the data disk and nothing else.
     let state: Vec<String> = files(&dir.join("state")).into_iter().filter(|f| !f.starts_with("paddock.db")).collect();

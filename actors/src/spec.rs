@@ -138,6 +138,47 @@ pub struct LauncherSpec {
     pub workdir: Option<String>,
 }
 
+impl ServiceFile {
+    /// A host file, copied at every start.
+    pub fn host(path: impl Into<String>, source: impl Into<PathBuf>) -> Self {
+        ServiceFile { path: path.into(), content: None, source: Some(source.into()) }
+    }
+
+    /// A file with this text.
+    pub fn text(path: impl Into<String>, content: impl Into<String>) -> Self {
+        ServiceFile { path: path.into(), content: Some(content.into()), source: None }
+    }
+}
+
+impl ServiceTree {
+    /// Host directory `source` at `at` on the disk ("" for the root).
+    pub fn new(source: impl Into<PathBuf>, at: impl Into<String>) -> Self {
+        ServiceTree { source: source.into(), at: at.into() }
+    }
+}
+
+impl LauncherSpec {
+    /// `exec program` with no arguments or environment.
+    pub fn new(program: impl Into<String>) -> Self {
+        LauncherSpec { program: program.into(), ..Default::default() }
+    }
+
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn env<K: Into<String>, V: Into<String>>(mut self, env: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self
+    }
+
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+}
+
 impl ServiceDiskSpec {
     /// The `paddock_images` description of this disk.
     pub fn to_image(&self) -> paddock_images::ServiceDisk {
@@ -330,6 +371,13 @@ pub struct Network {
     /// tap: host TCP ports the guest may connect to (all else is dropped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+}
+
+impl Network {
+    /// A TAP lease with no groups, host ports or forwards.
+    pub fn tap() -> Network {
+        Network { mode: NetworkMode::Tap, ..Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
