@@ -94,7 +94,7 @@ fn blueprint_in_this_netns() {
         rt.remove_volume("blueprint-svc").await.expect("volume rm");
         assert!(rt.volumes().await.expect("volumes").is_empty());
         let again = rt.remove_volume("blueprint-svc").await.expect_err("a second rm");
-        assert!(matches!(again, paddock::Error::NotFound { .. }), "{again}");
+        assert!(matches!(again, paddock::Error::NoVolume { .. }), "{again}");
         rt.shutdown().await;
     });
     assert!(!dir.join("state/vms/blueprint-svc").exists());

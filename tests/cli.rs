@@ -108,3 +108,29 @@ fn serve_puts_its_socket_in_the_run_dir_unless_told_otherwise() {
     let status = serve.wait().expect("wait serve");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn kept_volumes_are_listed_and_deleted_by_name() {
+    let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[]);
+    let mut spec = fake_spec(&d, "vol");
+    spec.data_disk = Some(paddock::DataDiskSpec { size_gib: 1 });
+    block_on(d.client.up(&spec, paddock::WaitFor::Running, 30)).expect("up");
+    let (code, _, err) = paddock(&d, &["volume", "rm", "vol"]);
+    assert_eq!(code, 6, "a volume of an existing VM is refused: {err}");
+    assert!(err.contains("rm --volumes vol"), "{err}");
+    assert_eq!(paddock(&d, &["rm", "--force", "vol"]).0, 0);
+    let (code, out, _) = paddock(&d, &["--json", "volume", "ls"]);
+    assert_eq!(code, 0);
+    let vols: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((vols[0]["name"].as_str(), vols[0]["in_use"].as_bool()), (Some("vol"), Some(false)), "{out}");
+    let (code, out, _) = paddock(&d, &["volume", "ls"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME") && out.contains("vol"), "{out}");
+    assert_eq!(paddock(&d, &["volume", "rm", "vol"]).0, 0);
+    assert!(!d.state_dir().join("vms/vol").exists(), "the volume's directory is left");
+    let (code, _, err) = paddock(&d, &["volume", "rm", "vol"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no kept volume named \"vol\""), "{err}");
+    let (code, out, _) = paddock(&d, &["--json", "volume", "ls"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+}

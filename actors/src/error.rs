@@ -30,6 +30,8 @@ pub enum Error {
     InvalidSpec(#[from] SpecError),
     #[error("no VM named {name:?}")]
     NotFound { name: String },
+    #[error("no kept volume named {name:?}; see `paddock volume ls`")]
+    NoVolume { name: String },
     #[error("a VM named {name:?} already exists; pick another name or `paddock rm {name}` first")]
     AlreadyExists { name: String },
     #[error("VM {name:?}: {message}")]

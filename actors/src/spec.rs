@@ -54,8 +54,9 @@ pub struct VmSpec {
     #[serde(default)]
     #[builder(default)]
     pub restart: RestartSpec,
-    /// A virtio-vsock device with a per-VM guest CID (Cloud Hypervisor:
-    /// hybrid vsock, proxied through `<run-dir>/<name>/vsock.sock`).
+    /// A virtio-vsock device with a per-VM guest CID, reached from the
+    /// host through the hybrid socket `<run-dir>/<name>/vsock.sock` on
+    /// both backends (see `crate::vsock`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[builder(default)]
     pub vsock: bool,

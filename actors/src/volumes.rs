@@ -48,7 +48,7 @@ pub fn list(state_dir: &Path, vms: &[String]) -> Result<Vec<VolumeInfo>> {
 
 /// Deletes the kept data disk of `name` (and its directory).
 pub fn remove(state_dir: &Path, name: &str, vm_exists: bool) -> Result<()> {
-    crate::spec::validate_name(name).map_err(|_| Error::NotFound { name: name.to_string() })?;
+    crate::spec::validate_name(name).map_err(|_| Error::NoVolume { name: name.to_string() })?;
     if vm_exists {
         return Err(Error::Conflict {
             name: name.to_string(),
@@ -60,7 +60,7 @@ pub fn remove(state_dir: &Path, name: &str, vm_exists: bool) -> Result<()> {
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotFound { name: format!("{name} (volume)") });
+            return Err(Error::NoVolume { name: name.to_string() });
         }
         Err(e) => return Err(Error::io(format!("cannot remove {path:?}"), e)),
     }
@@ -85,8 +85,8 @@ mod tests {
         assert!(matches!(remove(dir.path(), "live", true), Err(Error::Conflict { .. })));
         remove(dir.path(), "gone", false).unwrap();
         assert!(!vm_dir(dir.path(), "gone").exists());
-        assert!(matches!(remove(dir.path(), "gone", false), Err(Error::NotFound { .. })));
-        assert!(matches!(remove(dir.path(), "../x", false), Err(Error::NotFound { .. })));
+        assert!(matches!(remove(dir.path(), "gone", false), Err(Error::NoVolume { .. })));
+        assert!(matches!(remove(dir.path(), "../x", false), Err(Error::NoVolume { .. })));
         assert_eq!(list(dir.path(), &[]).unwrap().len(), 1);
     }
 }

@@ -17,7 +17,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, kind, field) = match &e {
             Error::InvalidSpec(s) => (StatusCode::BAD_REQUEST, "invalid_spec", Some(s.field.clone())),
-            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
+            Error::NotFound { .. } | Error::NoVolume { .. } => (StatusCode::NOT_FOUND, "not_found", None),
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "conflict", Some("name".to_string())),
             Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict", None),
             Error::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy", None),
