@@ -226,7 +226,7 @@ impl Runtime {
         let Some(vsock) = info.vsock.filter(|_| info.pid.is_some()) else {
             return Err(VsockError::NotRunning { name: name.to_string() }.into());
         };
-        Ok(paddock_actors::vsock::connect(&vsock, port, self.config.control_timeout).await?)
+        Ok(paddock_actors::vsock::connect(name, &vsock, port, self.config.control_timeout).await?)
     }
 
     /// Data disks kept after their VM was removed (`rm` without

@@ -123,7 +123,7 @@ async fn vsock_round_trip_survives_a_daemon_restart_and_the_device_ends_with_its
     // A port nobody listens on is an error that says so.
     let (code, _, err) = cli_vsock(&d, "vs1", PORT + 1, "", 0);
     assert_eq!(code, 6, "{err}");
-    assert!(err.contains("did not accept") && err.contains(&(PORT + 1).to_string()), "{err}");
+    assert!(err.contains("did not accept") && err.contains(&(PORT + 1).to_string()) && err.contains("\"vs1\""), "{err}");
 
     // The daemon dies; the VM and its device keep running and are adopted.
     d.kill9();

@@ -257,8 +257,11 @@ impl RegistryState {
         let (recovery, wait) = match verified {
             Some((run_id, pid, Ok(pidfd))) => {
                 pass.known_pids.push(pid);
-                // Its vsock device goes with it (not an orphan).
-                pass.known_pids.extend(crate::vsock::find_device(&self.deps.run_dir, &name));
+                // Its vsock device goes with it (not an orphan). Only VMs
+                // with vsock look: the scan reads the process table.
+                if rec.spec.vsock {
+                    pass.known_pids.extend(crate::vsock::find_device(&self.deps.run_dir, &name));
+                }
                 pass.report.adopted.push(name.clone());
                 let (done, wait) = tokio::sync::oneshot::channel();
                 let stop = rec.desired == Desired::Stopped;

@@ -116,7 +116,7 @@ pub enum VsockError {
         source: std::io::Error,
     },
     #[error("guest port {port} did not accept the connection (answer: {answer:?}); is a service listening there?")]
-    Refused { port: u32, answer: String },
+    Refused { vm: String, port: u32, answer: String },
     #[error("guest port {port}: no answer within {timeout_ms} ms")]
     Timeout { port: u32, timeout_ms: u64 },
     #[error("vsock device process for VM {name:?} did not come up: {reason}")]
@@ -128,7 +128,7 @@ impl From<VsockError> for crate::error::Error {
         use crate::error::Error;
         match e {
             VsockError::NotEnabled { ref name } | VsockError::NotRunning { ref name } => Error::Conflict { name: name.clone(), message: e.to_string() },
-            VsockError::Refused { .. } => Error::Conflict { name: "vsock".into(), message: e.to_string() },
+            VsockError::Refused { ref vm, .. } => Error::Conflict { name: vm.clone(), message: e.to_string() },
             VsockError::Timeout { port, timeout_ms } => Error::Timeout { what: format!("vsock port {port}"), timeout_ms },
             VsockError::Connect { ref path, .. } => {
                 let context = format!("vsock: cannot connect to {path:?}");
@@ -147,10 +147,10 @@ pub type VsockStream = tokio::net::UnixStream;
 
 /// Connects to guest `port` through `info`, with a deadline on the whole
 /// handshake.
-pub async fn connect(info: &VsockInfo, port: u32, timeout: Duration) -> Result<VsockStream, VsockError> {
+pub async fn connect(vm: &str, info: &VsockInfo, port: u32, timeout: Duration) -> Result<VsockStream, VsockError> {
     let work = async {
         match &info.socket {
-            Some(path) => connect_hybrid(path, port).await,
+            Some(path) => connect_hybrid(vm, path, port).await,
             None => connect_kernel(info.cid, port).await,
         }
     };
@@ -160,7 +160,7 @@ pub async fn connect(info: &VsockInfo, port: u32, timeout: Duration) -> Result<V
 }
 
 /// The hybrid handshake: `CONNECT <port>\n`, then `OK <host port>\n`.
-async fn connect_hybrid(path: &Path, port: u32) -> Result<VsockStream, VsockError> {
+async fn connect_hybrid(vm: &str, path: &Path, port: u32) -> Result<VsockStream, VsockError> {
     let cerr = |source| VsockError::Connect { path: path.to_path_buf(), source };
     let mut stream = tokio::net::UnixStream::connect(path).await.map_err(cerr)?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(cerr)?;
@@ -171,7 +171,7 @@ async fn connect_hybrid(path: &Path, port: u32) -> Result<VsockStream, VsockErro
     reader.read_until(b'\n', &mut answer).await.map_err(cerr)?;
     let answer = String::from_utf8_lossy(&answer).trim().to_string();
     if !answer.starts_with("OK ") {
-        return Err(VsockError::Refused { port, answer });
+        return Err(VsockError::Refused { vm: vm.to_string(), port, answer });
     }
     Ok(stream)
 }
@@ -338,7 +338,7 @@ mod tests {
             drop(s);
         });
         let info = VsockInfo { cid: 3, socket: Some(path) };
-        match connect(&info, 5000, Duration::from_secs(5)).await {
+        match connect("t", &info, 5000, Duration::from_secs(5)).await {
             Err(VsockError::Refused { port: 5000, .. }) => {}
             other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         }
@@ -358,7 +358,7 @@ mod tests {
             s.write_all(b"OK 1024\nhello").await.unwrap();
         });
         let info = VsockInfo { cid: 3, socket: Some(path) };
-        let mut s = connect(&info, 7, Duration::from_secs(5)).await.unwrap();
+        let mut s = connect("t", &info, 7, Duration::from_secs(5)).await.unwrap();
         let mut rest = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut s, &mut rest).await.unwrap();
         assert_eq!(rest, "hello");

@@ -765,7 +765,9 @@ impl VmState {
                 };
                 tracing::info!(vm = %self.name, pid, "adopted");
                 let mut run = Run::new(pid, Some(run_id), plan, process);
-                run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
+                if self.spec.vsock {
+                    run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
+                }
                 self.run = Some(run);
                 self.spawn_lease(me, lease).await;
                 self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
