@@ -274,6 +274,40 @@ pub trait Backend: Send + Sync + 'static {
     async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError>;
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn spec(network: serde_json::Value) -> VmSpec {
+        serde_json::from_value(serde_json::json!({"name": "web", "boot": {"kernel": "/k"}, "network": network})).unwrap()
+    }
+
+    #[test]
+    fn network_info_is_typed_for_every_mode() {
+        assert_eq!(network_info(&spec(serde_json::json!({})), None), None);
+        let user = network_info(&spec(serde_json::json!({"mode": "user", "forwards": [{"host": 8022, "guest": 22}]})), None).unwrap();
+        assert_eq!((user.address, user.tap.as_deref()), (None, None));
+        assert_eq!(user.mac, paddock_net::MacAddress::for_vm("web").to_string());
+        assert_eq!((user.forwards[0].host_address, user.forwards[0].host, user.forwards[0].guest), (Ipv4Addr::LOCALHOST, 8022, 22));
+        let lease = crate::netmgr::Lease {
+            vm: "web".into(),
+            index: 7,
+            tap: "pdtap7".into(),
+            mac: "02:50:44:00:00:07".into(),
+            addrs: paddock_net::LeaseAddrs { gateway: Ipv4Addr::new(10, 88, 0, 29), guest: Ipv4Addr::new(10, 88, 0, 30), prefix: 30 },
+        };
+        let tap = network_info(&spec(serde_json::json!({"mode": "tap", "forwards": [{"host": 8080, "guest": 80}]})), Some(&lease)).unwrap();
+        assert_eq!(tap.address, Some(Ipv4Addr::new(10, 88, 0, 30)));
+        assert_eq!((tap.gateway, tap.prefix, tap.tap.as_deref(), tap.mac.as_str()), (Some(lease.addrs.gateway), Some(30), Some("pdtap7"), "02:50:44:00:00:07"));
+        assert_eq!(tap.forwards[0].host_address, Ipv4Addr::UNSPECIFIED);
+        // The JSON an API client reads.
+        let json = serde_json::to_value(&tap).unwrap();
+        assert_eq!((json["address"].as_str(), json["forwards"][0]["protocol"].as_str()), (Some("10.88.0.30"), Some("tcp")));
+    }
+}
+
 /// Golden files under tests/golden/, refreshed with PADDOCK_UPDATE_GOLDEN=1.
 #[cfg(test)]
 pub(crate) mod tests_support {
