@@ -117,6 +117,23 @@ async fn vsock_round_trip_survives_a_daemon_restart_and_the_device_ends_with_its
     assert!(v.cid >= 3);
     assert_eq!(v.socket.as_deref(), Some(d.run_dir().join("vs1/vsock.sock").as_path()));
     round_trip(&d, "vs1");
+    // Guest -> host: the guest dials host port 6000, which arrives on
+    // `vsock.sock_6000` next to the hybrid socket.
+    let listener = std::os::unix::net::UnixListener::bind(d.run_dir().join("vs1/vsock.sock_6000")).expect("bind vsock.sock_6000");
+    let (code, out, err) = cli_vsock(&d, "vs1", PORT, "dial 6000 hello from the guest\n", 1);
+    assert_eq!((code, out.as_str()), (0, "\"ok\"\n"), "{err}");
+    listener.set_nonblocking(false).expect("blocking");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let got = listener.accept().map(|(s, _)| {
+            let mut line = String::new();
+            let _ = BufReader::new(s).read_line(&mut line);
+            line
+        });
+        let _ = tx.send(got);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(30)).expect("the guest's connection in time").expect("accept");
+    assert_eq!(got, "hello from the guest\n");
     let device = device_pids("vs1");
     assert_eq!(device.len(), 1, "one device process per VM");
 

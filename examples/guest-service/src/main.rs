@@ -12,6 +12,8 @@
 //! cwd         -> "/mnt/run/keystore"
 //! tree        -> ["a.pem 120", "sub/b.key 64"] files under the cwd, with sizes
 //! echo TEXT   -> "TEXT"
+//! dial P TEXT -> "ok"   after sending TEXT and a newline to host port P
+//!                       (CID 2; the host sees it on `vsock.sock_P`)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -67,6 +69,13 @@ fn answer(line: &str) -> String {
             json_list(&out)
         }
         "echo" => json_str(rest),
+        "dial" => {
+            let (port, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            match port.parse().map_err(|e| format!("port {port:?}: {e}")).and_then(|p| dial(p, text).map_err(|e| e.to_string())) {
+                Ok(()) => json_str("ok"),
+                Err(e) => json_str(&format!("dial failed: {e}")),
+            }
+        }
         _ => json_str(&format!("unknown request {cmd:?}")),
     }
 }
@@ -82,23 +91,47 @@ fn serve(fd: OwnedFd) {
     }
 }
 
-fn listen(port: u32) -> std::io::Result<OwnedFd> {
+/// A vsock socket address: `cid`, `port`.
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; zero is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+fn vsock_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; returns a new fd or -1.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a fresh fd that nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; zero is valid.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    addr.svm_port = port;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+/// Guest -> host: connects to the host (CID 2) on `port` and sends `text`.
+fn dial(port: u32, text: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len) } < 0 {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_HOST, port);
+    // SAFETY: addr is a valid sockaddr_vm of ADDR_LEN bytes.
+    if unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), ADDR_LEN) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut f = std::fs::File::from(fd);
+    writeln!(f, "{text}")
+}
+
+fn listen(port: u32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: addr is a valid sockaddr_vm of ADDR_LEN bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), ADDR_LEN) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a bound socket fd.
