@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::backend::RunPaths;
-use crate::spec::Accel;
+use crate::spec::{Accel, OnPanic};
 
 #[derive(Debug, Clone)]
 pub enum QemuBoot {
@@ -38,6 +38,21 @@ pub struct QemuConfig {
     pub disks: Vec<QemuDisk>,
     pub net: QemuNet,
     pub paths: RunPaths,
+    pub on_panic: OnPanic,
+}
+
+/// QEMU's own action on a guest panic (`-action panic=`), so the VM is
+/// already in the right state when the GUEST_PANICKED event arrives:
+/// `restart` exits with a failure status (the restart policy decides),
+/// `stop` exits cleanly (and the VM actor does not restart it), `pause`
+/// freezes the vCPUs, `ignore` lets the guest carry on.
+fn panic_action(p: OnPanic) -> &'static str {
+    match p {
+        OnPanic::Restart => "exit-failure",
+        OnPanic::Stop => "shutdown",
+        OnPanic::Pause => "pause",
+        OnPanic::Ignore => "none",
+    }
 }
 
 /// The process name QEMU shows; also the marker that recognises our
@@ -129,6 +144,7 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
     }
     // The guest panic device turns a guest kernel panic into a QMP event.
     push("-device", "pvpanic".into());
+    push("-action", format!("panic={}", panic_action(cfg.on_panic)));
     let mut out: Vec<OsString> = vec!["-nodefaults".into(), "-no-user-config".into()];
     out.extend(a.into_iter().map(OsString::from));
     out
@@ -159,6 +175,7 @@ mod tests {
             disks: vec![],
             net: QemuNet::None,
             paths: RunPaths::new(Path::new("/run/paddock"), "web"),
+            on_panic: OnPanic::Restart,
         }
     }
 
@@ -173,6 +190,7 @@ mod tests {
         c.accel = Accel::Kvm;
         c.boot = QemuBoot::Disk { disk: "/img/root,1.qcow2".into(), format: DiskFormat::Qcow2, firmware: Some("/fw/bios.bin".into()) };
         c.disks = vec![QemuDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true }];
+        c.on_panic = OnPanic::Pause;
         c.net = QemuNet::User {
             mac: MacAddress::for_vm("web"),
             forwards: vec![

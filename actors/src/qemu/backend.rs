@@ -81,6 +81,7 @@ impl Backend for QemuBackend {
             disks,
             net,
             paths: paths.clone(),
+            on_panic: spec.on_panic,
         };
         let guest_address = crate::backend::reach(spec, lease);
         Ok(LaunchPlan {
