@@ -304,6 +304,24 @@ async fn a_paused_vm_ends_on_the_quit_rung_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_wait_ready_answers_504_at_its_timeout() {
+    let ch = Ch::start("wait_ready_timeout", "");
+    let mut spec = ch.spec("slow");
+    spec.ready_pattern = Some("this line is never printed".into());
+    let asked = std::time::Instant::now();
+    let e = ch.d.client.up(&spec, WaitFor::Ready, 2).await.expect_err("never ready");
+    let took = asked.elapsed();
+    println!("504 after {took:?}: {e}");
+    assert_eq!(e.kind(), Some("timeout"), "{e}");
+    // At the timeout, not at the timeout plus the request margin (10 s).
+    assert!(took < Duration::from_secs(7), "answered after {took:?}");
+    // The VM itself was not given up: it runs, not ready.
+    let v = ch.d.client.get("slow").await.expect("get");
+    assert_eq!((v.phase, v.ready), (VmPhase::Running, false));
+    ch.d.client.stop("slow", ch.graceful_stop().0).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmm_exiting_before_its_reply_is_a_successful_quit() {
     let Some(ch) = Ch::fake_only("vmm_exit_before_reply", "ignore-power-button,no-reply-on-shutdown") else { return };
     ch.d.client.up(&ch.spec("abrupt"), WaitFor::Ready, 30).await.expect("up");
