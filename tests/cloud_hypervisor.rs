@@ -197,6 +197,10 @@ async fn lifecycle_up_pause_resume_then_stop() {
     assert_eq!((info.phase.clone(), info.backend.as_str(), info.accel.as_deref()), (VmPhase::Running, "cloud-hypervisor", Some("kvm")));
     let pid = info.pid.expect("pid");
     assert_eq!(argv0(pid), "paddock-life", "the marker is the process name");
+    if !hardware_virtualisation() {
+        let warnings = ch.d.log().matches("accel = kvm overrides the hardware check").count();
+        assert_eq!(warnings, 1, "the kvm override is warned once per start:\n{}", ch.d.log());
+    }
     if ch.guest_runs {
         wait_console(c, "life", READY_MARKER, Duration::from_secs(5)).await;
     }
