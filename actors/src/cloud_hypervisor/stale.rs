@@ -108,6 +108,7 @@ mod tests {
 
     fn take_lock(path: &Path) -> std::fs::File {
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
+        // SAFETY: an all-zero flock is a valid value; type and range set below.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = libc::F_WRLCK as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
