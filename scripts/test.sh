@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: system packages, the test
-# guest (built from Debian packages), then every test of the workspace.
+# guest (built from Debian packages), then every test of the workspace;
+# then, if a real Cloud Hypervisor binary sits next to the clone
+# (../shared/bin/cloud-hypervisor), the Cloud Hypervisor control-plane
+# tests again against it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,4 +12,16 @@ scripts/install-vsock-device.sh
 scripts/build-test-guest.sh >/dev/null
 scripts/build-guest-service.sh >/dev/null
 cargo build --workspace --all-targets --all-features --locked
-cargo test --workspace --all-features --locked -- --nocapture 2>&1
+# The fake Cloud Hypervisor for this run, whatever the environment says.
+env -u CLOUD_HYPERVISOR_BIN cargo test --workspace --all-features --locked -- --nocapture 2>&1
+
+ch=../shared/bin/cloud-hypervisor
+if [ -x "$ch" ]; then
+    CLOUD_HYPERVISOR_BIN="$(cd "$(dirname "$ch")" && pwd)/$(basename "$ch")"
+    export CLOUD_HYPERVISOR_BIN
+    echo "== Cloud Hypervisor control-plane tests against $CLOUD_HYPERVISOR_BIN"
+    cargo test --all-features --locked --test cloud_hypervisor -- --nocapture 2>&1
+    cargo test --all-features --locked --test network a_cloud_hypervisor -- --nocapture 2>&1
+else
+    echo "== no $ch: the Cloud Hypervisor tests ran against the fake only"
+fi

@@ -55,6 +55,16 @@ impl RuntimeConfig {
 
 /// Extra time allowed for a request beyond the work it asks for.
 const MARGIN: Duration = Duration::from_secs(10);
+/// How long a start request may take: waiting for readiness is bounded by
+/// the caller's timeout itself (a 504 then, not `timeout` + MARGIN later);
+/// waiting for `running` gets the margin for the start's own work.
+fn start_budget(wait: WaitFor, timeout: Duration) -> Duration {
+    match wait {
+        WaitFor::Ready => timeout,
+        WaitFor::Running => timeout + MARGIN,
+    }
+}
+
 /// Deadline for requests that do no waiting of their own.
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -169,11 +179,11 @@ impl Runtime {
         self.registry
             .cast(RegistryMessage::Create { spec: Box::new(spec), wait, reply: tx.into() })
             .map_err(|_| gone())?;
-        await_reply(rx, timeout + MARGIN, "up").await
+        await_reply(rx, start_budget(wait, timeout), "up").await
     }
 
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
-        self.route(name, timeout + MARGIN, |reply| VmMessage::Start { wait, rollback: false, reply }).await
+        self.route(name, start_budget(wait, timeout), |reply| VmMessage::Start { wait, rollback: false, reply }).await
     }
 
     /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.

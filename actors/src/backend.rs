@@ -272,6 +272,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Connect to the control socket of a process started from `plan`,
     /// waiting for the socket to appear; gives up at the deadline.
     async fn connect(&self, plan: &LaunchPlan) -> Result<Box<dyn ControlChannel>, ControlError>;
+    /// Once per start, just before the process is spawned: clear what a
+    /// dead earlier process of this VM left in `paths.dir` (refusing while
+    /// a live one owns it), say what the start overrides.
+    fn before_spawn(&self, _spec: &VmSpec, _paths: &RunPaths) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The hypervisor's own record of an exit: Some(its message) when its
+    /// log says it failed although the exit status looks clean.
+    fn exit_fault(&self, _paths: &RunPaths, _exit: &crate::vm::phase::ExitInfo) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //!   stop:  stop.after-intent
 //!   rm:    rm.after-intent, rm.after-dir, rm.after-rows
 //!   adopt: adopt.after-verify
+//!   cloud-hypervisor quit: ch.quit.after-vm-shutdown (not in CRASH_POINTS:
+//!          only a CH VM reaches it)
 //! and one that fails an actor instead of the daemon: console.output.
 
 #[macro_export]

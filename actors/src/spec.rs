@@ -54,6 +54,10 @@ pub struct VmSpec {
     #[serde(default)]
     #[builder(default)]
     pub restart: RestartSpec,
+    /// What a guest kernel panic (pvpanic) does to the VM.
+    #[serde(default, skip_serializing_if = "OnPanic::is_default")]
+    #[builder(default)]
+    pub on_panic: OnPanic,
     /// A virtio-vsock device with a per-VM guest CID, reached from the
     /// host through the hybrid socket `<run-dir>/<name>/vsock.sock` on
     /// both backends (see `crate::vsock`).
@@ -408,6 +412,36 @@ pub enum RestartPolicy {
     Never,
     OnFailure,
     Always,
+}
+
+/// What a guest panic does. `restart`: the run ends as a failure and the
+/// restart policy decides (so with `never` the VM stays crashed); `stop`:
+/// the run ends and is not restarted whatever the policy; `pause`: the
+/// vCPUs stop and the VM stays paused for inspection; `ignore`: only the
+/// `guest_panicked` event (the guest kernel decides, e.g. `panic=-1`
+/// reboots it in place).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPanic {
+    #[default]
+    Restart,
+    Stop,
+    Pause,
+    Ignore,
+}
+
+impl OnPanic {
+    pub fn is_default(&self) -> bool {
+        *self == OnPanic::Restart
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnPanic::Restart => "restart",
+            OnPanic::Stop => "stop",
+            OnPanic::Pause => "pause",
+            OnPanic::Ignore => "ignore",
+        }
+    }
 }
 
 /// Restart policy and its limits (enforced by the supervision issue's code;

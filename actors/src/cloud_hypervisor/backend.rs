@@ -19,10 +19,13 @@ use super::argv;
 use super::client::ApiClient;
 use super::config::{self, ChBoot, ChConfig};
 use super::events;
+use super::exit;
+use super::stale;
 use crate::accel;
 use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{Accel, BackendKind, NetworkMode, VmSpec};
+use crate::vm::phase::ExitInfo;
 
 /// Events beyond this many unread are dropped (with a warning).
 const EVENT_QUEUE: usize = 256;
@@ -90,10 +93,8 @@ impl CloudHypervisorBackend {
                     host.reason
                 ),
             )),
-            Accel::Kvm if !host.kvm_usable => {
-                tracing::warn!(vm = %spec.name, reason = %host.reason, "accel = kvm overrides the hardware check; cloud-hypervisor may fail to start");
-                Ok(())
-            }
+            // `accel = "kvm"` overrides the probe (warned in before_spawn,
+            // once per start: prepare also runs to validate a spec).
             _ => Ok(()),
         }
     }
@@ -177,11 +178,13 @@ impl Backend for CloudHypervisorBackend {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let tail = events::spawn_tail(argv::events_path(&plan.paths), quit_sent.clone(), tx);
         let control = ChControl { client, quit_sent, events: Some(rx), tail };
+        // Without a configuration (an adopted VM whose desired state is
+        // stopped) nothing is created or booted: after `vm.shutdown` CH
+        // says `Created`, and booting that would undo a stop the previous
+        // supervisor had begun.
+        let Some(cfg) = plan.api_config.as_deref() else { return Ok(Box::new(control)) };
         match control.client.info().await? {
             None => {
-                let Some(cfg) = plan.api_config.as_deref() else {
-                    return Err(ControlError::Protocol("the process has no VM and no configuration is known to create one".into()));
-                };
                 control.client.create(cfg).await?;
                 control.client.put("vm.boot").await?;
             }
@@ -189,6 +192,32 @@ impl Backend for CloudHypervisorBackend {
             Some(_) => {}
         }
         Ok(Box::new(control))
+    }
+
+    fn before_spawn(&self, spec: &VmSpec, paths: &RunPaths) -> Result<(), Error> {
+        if spec.accel == Accel::Kvm {
+            let host = accel::host();
+            if !host.kvm_usable {
+                tracing::warn!(vm = %spec.name, reason = %host.reason, "accel = kvm overrides the hardware check; cloud-hypervisor may fail to start");
+            }
+        }
+        stale::clean(paths).map_err(|e| {
+            let reason = match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            };
+            Error::StartFailed { name: spec.name.clone(), reason }
+        })
+    }
+
+    fn exit_fault(&self, paths: &RunPaths, exit: &ExitInfo) -> Option<String> {
+        if !exit.is_clean() {
+            return None; // the status already says it failed
+        }
+        let log = std::fs::read(&paths.stderr_log).ok()?;
+        // Only the end matters; a runaway log is not read whole.
+        let tail = &log[log.len().saturating_sub(64 << 10)..];
+        exit::fatal_error(&String::from_utf8_lossy(tail))
     }
 }
 
@@ -219,6 +248,9 @@ pub async fn quit(client: &ApiClient, quit_sent: &AtomicBool) -> Result<(), Cont
             Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
+        // Here CH says `Created`: a supervisor dying now must not make
+        // adoption boot the VM again (tests/cloud_hypervisor.rs).
+        crate::crash_point!("ch.quit.after-vm-shutdown");
     }
     match client.put("vmm.shutdown").await {
         Ok(()) => Ok(()),

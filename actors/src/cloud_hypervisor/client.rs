@@ -24,6 +24,16 @@ pub struct ApiClient {
     timeout: Duration,
 }
 
+/// CH's words from an error answer: it sends the chain of its error
+/// messages as a JSON array (`["Error from API","The VM could not boot",
+/// ...]`), shown joined as one sentence; anything else as text.
+pub fn describe(body: &[u8]) -> String {
+    match serde_json::from_slice::<Vec<String>>(body) {
+        Ok(chain) => chain.join(": "),
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
 /// Failure to reach the socket at all (nobody listens, or no file).
 fn is_absent(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
@@ -101,11 +111,7 @@ impl ApiClient {
         if status.is_success() {
             return Ok(bytes);
         }
-        Err(ControlError::Command {
-            command: endpoint.to_string(),
-            class: status.as_u16().to_string(),
-            desc: String::from_utf8_lossy(&bytes).trim().to_string(),
-        })
+        Err(ControlError::Command { command: endpoint.to_string(), class: status.as_u16().to_string(), desc: describe(&bytes) })
     }
 
     fn parse<T: DeserializeOwned>(endpoint: &str, bytes: &[u8]) -> Result<T, ControlError> {
@@ -126,11 +132,7 @@ impl ApiClient {
             StatusCode::NOT_FOUND => Ok(None),
             StatusCode::INTERNAL_SERVER_ERROR if not_created() => Ok(None),
             s if s.is_success() => Self::parse("vm.info", &bytes).map(Some),
-            s => Err(ControlError::Command {
-                command: "vm.info".into(),
-                class: s.as_u16().to_string(),
-                desc: String::from_utf8_lossy(&bytes).trim().to_string(),
-            }),
+            s => Err(ControlError::Command { command: "vm.info".into(), class: s.as_u16().to_string(), desc: describe(&bytes) }),
         }
     }
 
@@ -182,6 +184,16 @@ mod tests {
         let c = ApiClient::new(&path, Duration::from_secs(5));
         let e = c.put("vmm.shutdown").await.unwrap_err();
         assert!(matches!(e, ControlError::Closed), "{e}");
+    }
+
+    #[test]
+    fn error_chains_read_as_one_sentence() {
+        let body = br#"["Error from API","The VM could not boot","Error binding to the host-side Unix socket","Address already in use (os error 98)"]"#;
+        assert_eq!(
+            describe(body),
+            "Error from API: The VM could not boot: Error binding to the host-side Unix socket: Address already in use (os error 98)"
+        );
+        assert_eq!(describe(b" plain text\n"), "plain text");
     }
 
     #[tokio::test]

@@ -71,7 +71,7 @@ pub fn vm_config(c: &ChConfig) -> VmConfig {
         rng: RngConfig { src: "/dev/urandom".into() },
         serial: SerialConfig { mode: ConsoleMode::File, file: Some(c.paths.console_log.clone()), socket: None },
         console: ConsoleConfig { mode: ConsoleMode::Off, file: None, socket: None },
-        vsock: c.vsock_cid.map(|cid| VsockConfig { cid: cid.into(), socket: c.paths.dir.join("vsock.sock") }),
+        vsock: c.vsock_cid.map(|cid| VsockConfig { cid: cid.into(), socket: super::stale::vsock_path(&c.paths) }),
         pvpanic: true,
     }
 }

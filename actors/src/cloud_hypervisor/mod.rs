@@ -8,6 +8,8 @@
 //! api.rs      typed request/response bodies, checked against the API spec
 //! client.rs   HTTP/1 over the API's Unix socket, a deadline on every call
 //! events.rs   the event monitor's stream of JSON objects -> ControlEvents
+//! stale.rs    sockets and the API lock a dead CH left, removed before a start
+//! exit.rs     CH's own record of an exit (an ERROR line on its stderr)
 //! backend.rs  Backend + ControlChannel: boot sequence, status, ladder rungs
 //! ```
 //!
@@ -21,5 +23,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod exit;
+pub mod stale;
 
 pub use backend::CloudHypervisorBackend;

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::backend::RunPaths;
-use crate::spec::Accel;
+use crate::spec::{Accel, OnPanic};
 
 #[derive(Debug, Clone)]
 pub enum QemuBoot {
@@ -39,6 +39,21 @@ pub struct QemuConfig {
     pub net: QemuNet,
     pub vsock: Option<QemuVsock>,
     pub paths: RunPaths,
+    pub on_panic: OnPanic,
+}
+
+/// QEMU's own action on a guest panic (`-action panic=`), so the VM is
+/// already in the right state when the GUEST_PANICKED event arrives:
+/// `restart` exits with a failure status (the restart policy decides),
+/// `stop` exits cleanly (and the VM actor does not restart it), `pause`
+/// freezes the vCPUs, `ignore` lets the guest carry on.
+fn panic_action(p: OnPanic) -> &'static str {
+    match p {
+        OnPanic::Restart => "exit-failure",
+        OnPanic::Stop => "shutdown",
+        OnPanic::Pause => "pause",
+        OnPanic::Ignore => "none",
+    }
 }
 
 pub use crate::vsock::QemuVsock;
@@ -149,6 +164,7 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
     }
     // The guest panic device turns a guest kernel panic into a QMP event.
     push("-device", "pvpanic".into());
+    push("-action", format!("panic={}", panic_action(cfg.on_panic)));
     let mut out: Vec<OsString> = vec!["-nodefaults".into(), "-no-user-config".into()];
     out.extend(a.into_iter().map(OsString::from));
     out
@@ -180,6 +196,7 @@ mod tests {
             net: QemuNet::None,
             vsock: None,
             paths: RunPaths::new(Path::new("/run/paddock"), "web"),
+            on_panic: OnPanic::Restart,
         }
     }
 
@@ -194,6 +211,7 @@ mod tests {
         c.accel = Accel::Kvm;
         c.boot = QemuBoot::Disk { disk: "/img/root,1.qcow2".into(), format: DiskFormat::Qcow2, firmware: Some("/fw/bios.bin".into()) };
         c.disks = vec![QemuDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true }];
+        c.on_panic = OnPanic::Pause;
         c.net = QemuNet::User {
             mac: MacAddress::for_vm("web"),
             forwards: vec![

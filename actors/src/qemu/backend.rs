@@ -122,6 +122,7 @@ impl Backend for QemuBackend {
             net,
             vsock,
             paths: paths.clone(),
+            on_panic: spec.on_panic,
         };
         let guest_address = crate::backend::reach(spec, lease);
         Ok(LaunchPlan {

@@ -23,7 +23,7 @@ use crate::events::{EventBus, EventKind};
 use crate::crash_point;
 use crate::process::{self, ProcessActor, ProcessArgs, ProcessMessage, Watch};
 use crate::registry::RegistryMessage;
-use crate::spec::{Accel, VmSpec};
+use crate::spec::{Accel, OnPanic, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
 
 /// How long an exit waits for the control channel's last events.
@@ -351,6 +351,11 @@ impl VmState {
 
     /// The one place the phase changes: compute, persist, publish.
     async fn transition(&mut self, ev: PhaseEvent) -> std::result::Result<(), phase::Denied> {
+        self.transition_noted(ev, None).await
+    }
+
+    /// `transition`, with a message for the event (e.g. why a run failed).
+    async fn transition_noted(&mut self, ev: PhaseEvent, message: Option<String>) -> std::result::Result<(), phase::Denied> {
         let next = phase::next(&self.phase, &ev)?;
         self.phase = next;
         self.generation += 1;
@@ -360,7 +365,7 @@ impl VmState {
         tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
         self.deps
             .events
-            .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, None)
+            .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, message)
             .await;
         self.post_board();
         Ok(())
@@ -424,6 +429,7 @@ impl VmState {
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
+        self.backend.before_spawn(&spec, &self.paths)?;
         let _ = self.transition(PhaseEvent::StartRequested).await;
         let vsock_device = match self.start_vsock_device(&plan).await {
             Ok(d) => d,
@@ -586,7 +592,7 @@ impl VmState {
         if self.phase == VmPhase::Starting && self.recovered.is_none() {
             // It never answered: nothing graceful is possible. Kill it; the
             // exit notice completes the failed start.
-            run.start_failure = Some(format!("control socket: {error}"));
+            run.start_failure = Some(error);
             run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
         }
         // An adopted VM whose control socket does not answer keeps running
@@ -651,14 +657,17 @@ impl VmState {
             }
         }
         self.remove_stale_sockets();
-        let failure = run.is_failure(&exit);
+        // The hypervisor's own record can turn a clean-looking exit into a
+        // failure (CH exits 0 after a fatal vCPU error).
+        let fault = self.backend.exit_fault(&self.paths, &exit);
+        let failure = run.is_failure(&exit) || fault.is_some();
         let uptime = run.started.elapsed();
         match self.phase.clone() {
             VmPhase::Stopping { .. } => {
                 let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
                 self.finish_stop(me, exit).await;
             }
-            VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() => {
+            VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() || run.start_failure.is_some() => {
                 // Killed by us because control never answered, or ended by
                 // itself (then its own words on stderr say why).
                 let killed_by_us = run.start_failure.is_some() && exit.signal == Some(libc::SIGKILL);
@@ -682,13 +691,17 @@ impl VmState {
                 }
             }
             _ => {
-                let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
+                let _ = self.transition_noted(PhaseEvent::Exited { exit, failure }, fault.clone()).await;
                 if failure {
-                    tracing::warn!(vm = %self.name, pid, %exit, panicked = run.panicked, "hypervisor crashed");
+                    tracing::warn!(vm = %self.name, pid, %exit, panicked = run.panicked, fault = fault.as_deref().unwrap_or(""), "hypervisor crashed");
                 }
                 let reason = format!("the VM ended ({exit}) before it was ready");
                 for (_, w) in self.start_waiters.drain(..) {
                     let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
+                }
+                if run.panicked && self.spec.on_panic == OnPanic::Stop {
+                    tracing::info!(vm = %self.name, "guest panicked; on_panic = stop: not restarted");
+                    return;
                 }
                 self.apply_policy(me, failure, uptime).await;
             }
@@ -747,13 +760,20 @@ impl VmState {
                 // The prepared plan carries what a backend may still need
                 // to finish an interrupted boot (CH's vm.create body);
                 // if the host or files changed, the bare plan will do.
-                let plan = match self.backend.prepare(&self.spec, &self.paths, lease.as_ref()) {
-                    Ok(p) => p,
-                    Err(e) => {
+                // A VM whose desired state is stopped gets the bare plan:
+                // nothing may boot it again (CH says `Created` after
+                // `vm.shutdown`, so a supervisor that died before
+                // `vmm.shutdown` leaves a VM that looks half-started).
+                let prepared = if stop { None } else { Some(self.backend.prepare(&self.spec, &self.paths, lease.as_ref())) };
+                let plan = match prepared {
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) => {
                         tracing::debug!(vm = %self.name, error = %e, "adopting with the recorded paths only");
                         crate::backend::adoption_plan(&self.spec, &self.paths, lease.as_ref())
                     }
+                    None => crate::backend::adoption_plan(&self.spec, &self.paths, lease.as_ref()),
                 };
+                self.accel = Some(plan.accel);
                 let watch = Watch::Adopted { pid, pidfd };
                 let process = match Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch }, me.get_cell()).await {
                     Ok((p, _)) => p,
@@ -966,13 +986,7 @@ impl VmState {
             ControlEvent::Resume if self.phase == VmPhase::Paused => {
                 let _ = self.transition(PhaseEvent::ResumeObserved).await;
             }
-            ControlEvent::GuestPanicked => {
-                tracing::warn!(vm = %self.name, ?pid, "guest panicked");
-                if let Some(run) = self.run.as_mut() {
-                    run.panicked = true;
-                }
-                self.deps.events.publish(&self.name, EventKind::GuestPanicked, self.generation, None).await;
-            }
+            ControlEvent::GuestPanicked => self.on_guest_panic().await,
             ControlEvent::Shutdown { guest } => {
                 if let Some(run) = self.run.as_mut() {
                     run.shutdown_by_guest = Some(guest);
@@ -987,6 +1001,45 @@ impl VmState {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A guest panic, handled as the spec's `on_panic` says. QEMU already
+    /// acted (`-action panic=...`); Cloud Hypervisor only reports it and
+    /// keeps running, so for it the action is taken here.
+    async fn on_guest_panic(&mut self) {
+        let action = self.spec.on_panic;
+        let Some(run) = self.run.as_mut() else { return };
+        tracing::warn!(vm = %self.name, pid = run.pid, on_panic = action.as_str(), "guest panicked");
+        // Its end counts as a failure only when the panic ends it.
+        run.panicked = matches!(action, OnPanic::Restart | OnPanic::Stop);
+        let (control, process) = (run.control.clone(), run.process.clone());
+        let note = Some(format!("on_panic = {}", action.as_str()));
+        self.deps.events.publish(&self.name, EventKind::GuestPanicked, self.generation, note).await;
+        if self.spec.backend != crate::spec::BackendKind::CloudHypervisor || self.stopping.is_some() {
+            return;
+        }
+        let timeout = self.deps.control_timeout;
+        match action {
+            OnPanic::Restart | OnPanic::Stop => {
+                // End the VMM; if it does not answer, the signal does.
+                tokio::spawn(async move {
+                    if let Err(error) = control_call(control, ControlCommand::Quit, timeout).await {
+                        tracing::warn!(%error, "quit after a guest panic failed; killing");
+                        let _ = process.cast(ProcessMessage::Signal(libc::SIGKILL));
+                    }
+                });
+            }
+            OnPanic::Pause => {
+                // The `paused` event moves the phase.
+                let name = self.name.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = control_call(control, ControlCommand::Pause, timeout).await {
+                        tracing::warn!(vm = %name, %error, "pause after a guest panic failed");
+                    }
+                });
+            }
+            OnPanic::Ignore => {}
         }
     }
 
