@@ -193,7 +193,7 @@ impl Daemon {
         let mut v: Vec<String> = std::fs::read_dir(self.run_dir())
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        v.retain(|n| n != "paddock.sock");
+        v.retain(|n| n != "paddock.sock" && n != paddock::dir_lock::LOCK_FILE);
         v.sort();
         v
     }
