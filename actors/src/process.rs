@@ -44,7 +44,9 @@ pub struct Spawned {
 }
 
 /// Spawns `plan` in a new session. The argv is a vector; no shell.
-pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
+/// `instance` is stamped into its environment (`recovery::INSTANCE_ENV`)
+/// so that adoption and the orphan scan recognise whose it is.
+pub fn spawn(plan: &LaunchPlan, instance: &str) -> Result<Spawned, SpawnError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -56,6 +58,7 @@ pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
     if let Some(arg0) = &plan.arg0 {
         cmd.arg0(arg0);
     }
+    cmd.env(crate::recovery::INSTANCE_ENV, instance);
     cmd.args(&plan.args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; a new session detaches the hypervisor from our terminal and

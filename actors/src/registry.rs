@@ -77,6 +77,8 @@ pub struct RegistryArgs {
     pub net: Arc<crate::netmgr::NetManager>,
     pub images: Arc<paddock_images::ImageCache>,
     pub state_dir: PathBuf,
+    /// The state directory's identity (`Store::instance_id`).
+    pub instance: String,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -106,6 +108,7 @@ impl Actor for RegistryActor {
             net: a.net,
             images: a.images,
             state_dir: a.state_dir,
+            instance: a.instance,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();
@@ -220,7 +223,7 @@ impl RegistryState {
             }
         };
         let marker = crate::backend::marker(&name);
-        let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker)));
+        let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker, &self.deps.instance)));
         if let Some((_, pid, Err(e))) = &verified {
             // Not ours any more (or gone): never adopted, never signalled.
             tracing::info!(vm = %name, pid, reason = %e, "recorded process not adopted");
@@ -299,11 +302,11 @@ impl RegistryState {
     fn finish_recovery(&self, mut pass: RecoveryPass, report_to: Option<tokio::sync::oneshot::Sender<RecoveryReport>>) {
         let deps = self.deps.clone();
         let known: Vec<String> = self.vms.keys().cloned().collect();
-        let orphans = recovery::find_orphans(&deps.run_dir, &pass.known_pids);
+        let orphans = recovery::find_orphans(&deps.run_dir, &deps.instance, &pass.known_pids);
         tokio::spawn(async move {
             let stops = orphans.iter().map(|o| stop_orphan(&deps, o));
             pass.report.orphans_stopped = futures::future::join_all(stops).await;
-            pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &known);
+            pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &deps.instance, &known);
             match deps.net.reap().await {
                 Ok(r) => pass.report.taps_reaped = r.taps_deleted,
                 Err(e) => tracing::error!(error = %e, "network reaper failed"),
@@ -346,13 +349,20 @@ async fn stop_orphan(deps: &VmDeps, o: &Orphan) -> i32 {
 }
 
 /// Directories in the run dir that belong to no VM (left by a crash in the
-/// middle of a rollback or a removal).
-fn remove_unowned_dirs(run_dir: &std::path::Path, known: &[String]) -> Vec<String> {
+/// middle of a rollback or a removal). Only directories stamped with our
+/// instance: anything else (another daemon's run dir nested in ours) is
+/// not ours to delete.
+fn remove_unowned_dirs(run_dir: &std::path::Path, instance: &str, known: &[String]) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(run_dir) else { return removed };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok() {
+        let candidate = e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok();
+        if candidate && !recovery::dir_is_ours(&e.path(), instance) {
+            tracing::info!(dir = ?e.path(), "leaving a run directory that another paddock made");
+            continue;
+        }
+        if candidate {
             match std::fs::remove_dir_all(e.path()) {
                 Ok(()) => removed.push(name),
                 Err(err) => tracing::warn!(dir = ?e.path(), error = %err, "cannot remove an unowned run directory"),
