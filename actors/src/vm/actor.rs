@@ -45,6 +45,8 @@ pub struct VmDeps {
     pub images: Arc<paddock_images::ImageCache>,
     /// Where VMs' own disks live (`STATE_DIR/vms/<name>`).
     pub state_dir: PathBuf,
+    /// Stamped on every hypervisor and run directory this supervisor makes.
+    pub instance: String,
 }
 
 pub struct VmArgs {
@@ -352,13 +354,35 @@ impl VmState {
         if let Err(e) = self.deps.store.set_phase(&self.name, &self.phase, self.generation).await {
             tracing::error!(vm = %self.name, error = %e, "cannot persist phase");
         }
+        self.announce_phase().await;
+        Ok(())
+    }
+
+    /// As `transition`, for a change that an answer reports: it is written
+    /// first and takes effect only once it is in the database (with the
+    /// confirmation of an `up`, when `confirm`). If a write fails, nothing
+    /// changes and the caller fails the request.
+    async fn transition_durable(&mut self, ev: PhaseEvent, confirm: bool) -> Result<()> {
+        let next = phase::next(&self.phase, &ev).map_err(|d| self.conflict(d.to_string()))?;
+        let generation = self.generation + 1;
+        let unrecorded = |e: crate::store::StoreError| Error::Unavailable(format!("cannot record it in the state database: {}", error_chain(&e)));
+        self.deps.store.set_phase(&self.name, &next, generation).await.map_err(unrecorded)?;
+        if confirm {
+            self.deps.store.confirm(&self.name).await.map_err(unrecorded)?;
+        }
+        self.phase = next;
+        self.generation = generation;
+        self.announce_phase().await;
+        Ok(())
+    }
+
+    async fn announce_phase(&mut self) {
         tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
         self.deps
             .events
             .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, None)
             .await;
         self.post_board();
-        Ok(())
     }
 
     fn conflict(&self, message: impl Into<String>) -> Error {
@@ -410,7 +434,7 @@ impl VmState {
         };
         let spec = self.materialize_disks(lease.as_ref()).await?;
         let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
-        std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
+        self.make_run_dir()?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
         // stale once nobody listens on them (a hypervisor refuses to bind
@@ -419,8 +443,8 @@ impl VmState {
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
-        let _ = self.transition(PhaseEvent::StartRequested).await;
-        let spawned = match process::spawn(&plan) {
+        self.transition_durable(PhaseEvent::StartRequested, false).await?;
+        let spawned = match process::spawn(&plan, &self.deps.instance) {
             Ok(s) => s,
             Err(e) => {
                 let reason = error_chain(&e);
@@ -442,8 +466,12 @@ impl VmState {
         let run_id = match self.deps.store.record_run(&record).await {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::error!(vm = %self.name, pid, error = %e, "cannot record run");
-                None
+                // Never a hypervisor without a record: end it before answering.
+                tracing::error!(vm = %self.name, pid, error = %e, "cannot record run; killing the hypervisor");
+                kill_unrecorded(spawned).await;
+                let reason = format!("cannot record the hypervisor run in the state database: {}", error_chain(&e));
+                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
+                return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
         crash_point!("start.after-run-recorded");
@@ -455,6 +483,21 @@ impl VmState {
         self.spawn_control(me).await;
         self.post_board();
         Ok(())
+    }
+
+    /// The VM's run directory, stamped with our instance. One that another
+    /// paddock made (a run dir of its own nested in ours) is refused.
+    fn make_run_dir(&self) -> Result<()> {
+        let dir = &self.paths.dir;
+        let stamp = dir.join(crate::recovery::DIR_STAMP);
+        let foreign = dir.join("paddock.lock").exists()
+            || std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() != self.deps.instance);
+        if foreign {
+            let reason = format!("{dir:?} belongs to another paddock; choose another VM name or run dir");
+            return Err(Error::StartFailed { name: self.name.clone(), reason });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+        std::fs::write(&stamp, &self.deps.instance).map_err(|e| Error::io(format!("cannot write {stamp:?}"), e))
     }
 
     /// The overlay, data disk and seed of this VM, made (or found) on the
@@ -518,18 +561,26 @@ impl VmState {
     async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
         let Some(run) = self.run.as_mut() else { return };
         run.control_up = true;
+        let pid = run.pid;
         let need_console = run.console.is_none();
         if need_console {
             self.spawn_console(me).await;
         }
         if self.phase == VmPhase::Starting {
             crash_point!("start.before-running");
-            let _ = self.transition(PhaseEvent::Booted).await;
-            if self.rollback {
-                if let Err(e) = self.deps.store.confirm(&self.name).await {
-                    tracing::error!(vm = %self.name, error = %e, "cannot confirm the VM");
+            // The answer to up/start says "running": only once that (and,
+            // for an up, that the VM exists) is in the database.
+            if let Err(e) = self.transition_durable(PhaseEvent::Booted, true).await {
+                let reason = format!("the VM booted but {e}");
+                tracing::error!(vm = %self.name, pid, %reason, "start failed; killing the hypervisor");
+                if let Some(run) = self.run.as_mut() {
+                    run.start_failure = Some(reason);
+                    run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
                 }
+                self.finish_recovery();
+                return;
             }
+            crate::disks::data_disk_used(&crate::disks::vm_dir(&self.deps.state_dir, &self.name));
             self.rollback = false;
         }
         if status == GuestStatus::Paused && self.phase == VmPhase::Running {
@@ -623,8 +674,17 @@ impl VmState {
         let uptime = run.started.elapsed();
         match self.phase.clone() {
             VmPhase::Stopping { .. } => {
-                let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
-                self.finish_stop(me, exit).await;
+                // The stop is answered as done only once it is recorded; if
+                // the write fails the VM is still stopped (the next start
+                // finds the process gone and records it then).
+                let unrecorded = match self.transition_durable(PhaseEvent::Exited { exit, failure }, false).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
+                        Some(format!("the VM stopped but {e}"))
+                    }
+                };
+                self.finish_stop(me, exit, unrecorded).await;
             }
             VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() => {
                 // Killed by us because control never answered, or ended by
@@ -778,11 +838,11 @@ impl VmState {
         }
         if !self.phase.is_active() {
             // A stop also cancels an automatic restart that is pending.
+            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
+                return self.refuse_unrecorded_stop(&e, reply, remove_after);
+            }
             self.restart_token += 1;
             self.restarts.reset();
-            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-                tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
-            }
             let outcome = StopOutcome { rung: None, exit: None, phase: self.phase.clone(), elapsed_ms: 0 };
             if let Some(r) = reply {
                 let _ = r.send(Ok(outcome));
@@ -793,7 +853,16 @@ impl VmState {
             return;
         }
         if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-            tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
+            return self.refuse_unrecorded_stop(&e, reply, remove_after);
+        }
+        if self.rollback {
+            // A stop during `up`: the caller of the stop is told it
+            // happened, so the VM is no longer the up's to roll back; it
+            // stays (stopped) and a restart must keep it.
+            if let Err(e) = self.deps.store.confirm(&self.name).await {
+                return self.refuse_unrecorded_stop(&e, reply, remove_after);
+            }
+            self.rollback = false;
         }
         crash_point!("stop.after-intent");
         let control_up = self.run.as_ref().is_some_and(|r| r.control_up);
@@ -819,6 +888,24 @@ impl VmState {
             remove_after,
         });
         self.act_rung(me, first).await;
+    }
+
+    /// A stop whose intent cannot be written is not started: a daemon
+    /// restart would otherwise bring the VM back up.
+    fn refuse_unrecorded_stop(
+        &self,
+        e: &crate::store::StoreError,
+        reply: Option<RpcReplyPort<Result<StopOutcome>>>,
+        remove_after: Option<RpcReplyPort<Result<()>>>,
+    ) {
+        let why = format!("cannot record the stop in the state database ({}); nothing was changed", error_chain(e));
+        tracing::error!(vm = %self.name, %why, "stop refused");
+        if let Some(r) = reply {
+            let _ = r.send(Err(Error::Unavailable(why.clone())));
+        }
+        if let Some(r) = remove_after {
+            let _ = r.send(Err(Error::Unavailable(why)));
+        }
     }
 
     async fn act_rung(&mut self, me: &ActorRef<VmMessage>, rung: Rung) {
@@ -871,7 +958,7 @@ impl VmState {
         }
     }
 
-    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo) {
+    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo, unrecorded: Option<String>) {
         let Some(s) = self.stopping.take() else { return };
         let outcome = StopOutcome {
             rung: Some(s.rung),
@@ -881,7 +968,11 @@ impl VmState {
         };
         tracing::info!(vm = %self.name, rung = s.rung.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
         for w in s.waiters {
-            let _ = w.send(Ok(outcome.clone()));
+            let r = match &unrecorded {
+                Some(why) => Err(Error::Unavailable(why.clone())),
+                None => Ok(outcome.clone()),
+            };
+            let _ = w.send(r);
         }
         if let Some(r) = s.remove_after {
             self.remove_now(me, r).await;
@@ -1006,10 +1097,30 @@ impl VmState {
         me.stop(Some("removed".into()));
     }
 
-    /// Rolls back a failed `up`: nothing of the VM may remain.
+    /// Rolls back a failed `up`: nothing of the VM may remain. Every step
+    /// is tried even if an earlier one fails (a full state disk fails the
+    /// row writes, not the deletions): the VM was never acknowledged, so
+    /// its rows are still provisional and the next start deletes what is
+    /// left of them.
     async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
-        if let Err(e) = self.delete_files_and_rows().await {
-            tracing::error!(vm = %self.name, error = %e, "rollback of a failed up is incomplete");
+        let mut incomplete = Vec::new();
+        if let Err(e) = std::fs::remove_dir_all(&self.paths.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                incomplete.push(format!("run directory: {e}"));
+            }
+        }
+        // A data disk this up made goes too (`disks::DATA_DISK_UNUSED`).
+        if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), false) {
+            incomplete.push(error_chain(&e));
+        }
+        if let Err(e) = self.deps.net.release(&self.name).await {
+            incomplete.push(error_chain(&e));
+        }
+        if let Err(e) = self.deps.store.delete_vm(&self.name).await {
+            incomplete.push(error_chain(&e));
+        }
+        if !incomplete.is_empty() {
+            tracing::error!(vm = %self.name, errors = ?incomplete, "rollback of a failed up is incomplete; the next start finishes it");
         }
         self.forget(me).await;
     }
@@ -1052,6 +1163,18 @@ impl VmState {
             };
             let _ = reply.send(r);
         });
+    }
+}
+
+/// Ends a hypervisor we could not record, before the failed start is
+/// answered: nothing may run that the database does not know of.
+async fn kill_unrecorded(spawned: process::Spawned) {
+    let process::Spawned { mut child, pid, pidfd } = spawned;
+    if let Err(e) = process::pidfd_signal(&pidfd, libc::SIGKILL) {
+        tracing::debug!(pid, error = %e, "SIGKILL not delivered");
+    }
+    if tokio::time::timeout(RUNG_WAIT, child.wait()).await.is_err() {
+        tracing::error!(pid, "unrecorded hypervisor survives SIGKILL");
     }
 }
 
