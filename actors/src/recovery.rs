@@ -46,6 +46,25 @@ pub fn dir_is_ours(dir: &Path, instance: &str) -> bool {
     }
 }
 
+/// Whether `dir` (a VM's run directory) belongs to another paddock: it
+/// carries another instance's stamp, or it is another daemon's run dir
+/// (it holds that daemon's lock file).
+pub fn dir_is_foreign(dir: &Path, instance: &str) -> bool {
+    dir.join("paddock.lock").exists() || std::fs::read_to_string(dir.join(DIR_STAMP)).is_ok_and(|s| s.trim() != instance)
+}
+
+/// Removes a VM's run directory unless it belongs to another paddock.
+pub fn remove_run_dir(dir: &Path, instance: &str) -> std::io::Result<()> {
+    if dir_is_foreign(dir, instance) {
+        tracing::warn!(dir = ?dir, "not removing a directory that another paddock made");
+        return Ok(());
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Why a recorded run cannot be adopted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotAdoptable {

@@ -170,6 +170,11 @@ impl RegistryState {
             return Err(Error::AlreadyExists { name: spec.name });
         }
         self.check_host_ports(&spec)?;
+        let dir = RunPaths::new(&self.deps.run_dir, &spec.name).dir;
+        if recovery::dir_is_foreign(&dir, &self.deps.instance) {
+            let message = format!("{dir:?} belongs to another paddock (its run dir is inside ours); choose another name");
+            return Err(SpecError::new("name", message).into());
+        }
         let backend = self.backends.get(spec.backend, &spec.name)?;
         // Checks every file before anything is written.
         crate::netmgr::NetManager::check_allowed(&spec)?;
@@ -283,7 +288,9 @@ impl RegistryState {
     }
 
     async fn delete_record(&self, name: &str) {
-        let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, name).dir);
+        if let Err(e) = recovery::remove_run_dir(&RunPaths::new(&self.deps.run_dir, name).dir, &self.deps.instance) {
+            tracing::error!(vm = %name, error = %e, "cannot remove the run directory of a rolled-back VM");
+        }
         if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, name), false) {
             tracing::error!(vm = %name, error = %e, "cannot remove the disks of a rolled-back VM");
         }

@@ -362,10 +362,11 @@ impl VmState {
     /// first and takes effect only once it is in the database (with the
     /// confirmation of an `up`, when `confirm`). If a write fails, nothing
     /// changes and the caller fails the request.
-    async fn transition_durable(&mut self, ev: PhaseEvent, confirm: bool) -> Result<()> {
+    /// `what` says, for the error, what happened or did not.
+    async fn transition_durable(&mut self, ev: PhaseEvent, confirm: bool, what: &str) -> Result<()> {
         let next = phase::next(&self.phase, &ev).map_err(|d| self.conflict(d.to_string()))?;
         let generation = self.generation + 1;
-        let unrecorded = |e: crate::store::StoreError| Error::Unavailable(format!("cannot record it in the state database: {}", error_chain(&e)));
+        let unrecorded = |e: crate::store::StoreError| self.not_recorded(what, &e);
         self.deps.store.set_phase(&self.name, &next, generation).await.map_err(unrecorded)?;
         if confirm {
             self.deps.store.confirm(&self.name).await.map_err(unrecorded)?;
@@ -383,6 +384,10 @@ impl VmState {
             .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, None)
             .await;
         self.post_board();
+    }
+
+    fn not_recorded(&self, what: &str, e: &dyn std::error::Error) -> Error {
+        Error::NotRecorded { name: self.name.clone(), what: what.to_string(), detail: error_chain(e) }
     }
 
     fn conflict(&self, message: impl Into<String>) -> Error {
@@ -443,7 +448,7 @@ impl VmState {
         for p in [&self.paths.control_socket, &self.paths.serial_socket] {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
-        self.transition_durable(PhaseEvent::StartRequested, false).await?;
+        self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
         let spawned = match process::spawn(&plan, &self.deps.instance) {
             Ok(s) => s,
             Err(e) => {
@@ -490,9 +495,7 @@ impl VmState {
     fn make_run_dir(&self) -> Result<()> {
         let dir = &self.paths.dir;
         let stamp = dir.join(crate::recovery::DIR_STAMP);
-        let foreign = dir.join("paddock.lock").exists()
-            || std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() != self.deps.instance);
-        if foreign {
+        if crate::recovery::dir_is_foreign(dir, &self.deps.instance) {
             let reason = format!("{dir:?} belongs to another paddock; choose another VM name or run dir");
             return Err(Error::StartFailed { name: self.name.clone(), reason });
         }
@@ -570,8 +573,8 @@ impl VmState {
             crash_point!("start.before-running");
             // The answer to up/start says "running": only once that (and,
             // for an up, that the VM exists) is in the database.
-            if let Err(e) = self.transition_durable(PhaseEvent::Booted, true).await {
-                let reason = format!("the VM booted but {e}");
+            if let Err(e) = self.transition_durable(PhaseEvent::Booted, true, "it booted, and was killed again").await {
+                let reason = e.to_string();
                 tracing::error!(vm = %self.name, pid, %reason, "start failed; killing the hypervisor");
                 if let Some(run) = self.run.as_mut() {
                     run.start_failure = Some(reason);
@@ -591,7 +594,7 @@ impl VmState {
         if std::mem::take(&mut self.stop_after_adopt) {
             self.on_stop(me, Duration::ZERO, None, None).await;
         }
-        let no_pattern = self.ready_pattern.is_none();
+        let no_pattern = self.ready_pattern.is_none() || self.run.as_ref().is_some_and(|r| r.ready);
         let info = self.info();
         let waiters = std::mem::take(&mut self.start_waiters);
         for (wait, reply) in waiters {
@@ -632,6 +635,11 @@ impl VmState {
         tracing::info!(vm = %self.name, "console ready");
         self.deps.events.publish(&self.name, EventKind::Ready, self.generation, None).await;
         self.post_board();
+        // A console can match before the boot is recorded; the answer
+        // waits for that (`on_control_up` gives it).
+        if self.phase == VmPhase::Starting {
+            return;
+        }
         let info = self.info();
         for (_, reply) in self.start_waiters.drain(..) {
             let _ = reply.send(Ok(info.clone()));
@@ -677,11 +685,11 @@ impl VmState {
                 // The stop is answered as done only once it is recorded; if
                 // the write fails the VM is still stopped (the next start
                 // finds the process gone and records it then).
-                let unrecorded = match self.transition_durable(PhaseEvent::Exited { exit, failure }, false).await {
+                let unrecorded = match self.transition_durable(PhaseEvent::Exited { exit, failure }, false, "it stopped").await {
                     Ok(()) => None,
                     Err(e) => {
                         let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
-                        Some(format!("the VM stopped but {e}"))
+                        Some(e)
                     }
                 };
                 self.finish_stop(me, exit, unrecorded).await;
@@ -898,13 +906,13 @@ impl VmState {
         reply: Option<RpcReplyPort<Result<StopOutcome>>>,
         remove_after: Option<RpcReplyPort<Result<()>>>,
     ) {
-        let why = format!("cannot record the stop in the state database ({}); nothing was changed", error_chain(e));
-        tracing::error!(vm = %self.name, %why, "stop refused");
+        let what = "not stopped";
+        tracing::error!(vm = %self.name, error = %error_chain(e), "stop refused: its intent cannot be recorded");
         if let Some(r) = reply {
-            let _ = r.send(Err(Error::Unavailable(why.clone())));
+            let _ = r.send(Err(self.not_recorded(what, e)));
         }
         if let Some(r) = remove_after {
-            let _ = r.send(Err(Error::Unavailable(why)));
+            let _ = r.send(Err(self.not_recorded(what, e)));
         }
     }
 
@@ -958,7 +966,7 @@ impl VmState {
         }
     }
 
-    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo, unrecorded: Option<String>) {
+    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo, unrecorded: Option<Error>) {
         let Some(s) = self.stopping.take() else { return };
         let outcome = StopOutcome {
             rung: Some(s.rung),
@@ -969,7 +977,10 @@ impl VmState {
         tracing::info!(vm = %self.name, rung = s.rung.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
         for w in s.waiters {
             let r = match &unrecorded {
-                Some(why) => Err(Error::Unavailable(why.clone())),
+                Some(Error::NotRecorded { name, what, detail }) => {
+                    Err(Error::NotRecorded { name: name.clone(), what: what.clone(), detail: detail.clone() })
+                }
+                Some(other) => Err(Error::Unavailable(other.to_string())),
                 None => Ok(outcome.clone()),
             };
             let _ = w.send(r);
@@ -1075,11 +1086,8 @@ impl VmState {
     async fn delete_files_and_rows(&mut self) -> Result<()> {
         self.deps.store.set_desired(&self.name, Desired::Deleted).await?;
         crash_point!("rm.after-intent");
-        match std::fs::remove_dir_all(&self.paths.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
-        }
+        crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance)
+            .map_err(|e| Error::io(format!("cannot remove {:?}", self.paths.dir), e))?;
         crash_point!("rm.after-dir");
         crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), self.remove_volumes)?;
         self.deps.net.release(&self.name).await?;
@@ -1104,10 +1112,8 @@ impl VmState {
     /// left of them.
     async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
         let mut incomplete = Vec::new();
-        if let Err(e) = std::fs::remove_dir_all(&self.paths.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                incomplete.push(format!("run directory: {e}"));
-            }
+        if let Err(e) = crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance) {
+            incomplete.push(format!("run directory: {e}"));
         }
         // A data disk this up made goes too (`disks::DATA_DISK_UNUSED`).
         if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), false) {
