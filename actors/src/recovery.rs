@@ -38,19 +38,26 @@ fn same_instance(found: Option<&str>, instance: &str) -> bool {
     found.is_none_or(|f| f == instance)
 }
 
-/// Whether `dir` was made by the supervisor of `instance` (its stamp file).
-pub fn dir_is_ours(dir: &Path, instance: &str) -> bool {
-    match std::fs::read_to_string(dir.join(DIR_STAMP)) {
-        Ok(s) => s.trim() == instance,
-        Err(_) => false,
-    }
-}
-
 /// Whether `dir` (a VM's run directory) belongs to another paddock: it
 /// carries another instance's stamp, or it is another daemon's run dir
-/// (it holds that daemon's lock file).
+/// (it holds that daemon's lock file). An unstamped directory (a crash
+/// between its mkdir and its stamp) is judged by where it is: in our run
+/// dir, so ours.
 pub fn dir_is_foreign(dir: &Path, instance: &str) -> bool {
-    dir.join("paddock.lock").exists() || std::fs::read_to_string(dir.join(DIR_STAMP)).is_ok_and(|s| s.trim() != instance)
+    let stamp = std::fs::read_to_string(dir.join(DIR_STAMP)).unwrap_or_default();
+    dir.join("paddock.lock").exists() || (!stamp.trim().is_empty() && stamp.trim() != instance)
+}
+
+/// Stamps `dir` as made by `instance`; written aside and renamed, so a
+/// crash never leaves a half-written stamp.
+pub fn stamp_dir(dir: &Path, instance: &str) -> std::io::Result<()> {
+    let stamp = dir.join(DIR_STAMP);
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == instance) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{DIR_STAMP}.tmp"));
+    std::fs::write(&tmp, instance)?;
+    std::fs::rename(&tmp, &stamp)
 }
 
 /// Removes a VM's run directory unless it belongs to another paddock.

@@ -365,7 +365,7 @@ fn remove_unowned_dirs(run_dir: &std::path::Path, instance: &str, known: &[Strin
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let candidate = e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok();
-        if candidate && !recovery::dir_is_ours(&e.path(), instance) {
+        if candidate && recovery::dir_is_foreign(&e.path(), instance) {
             tracing::info!(dir = ?e.path(), "leaving a run directory that another paddock made");
             continue;
         }

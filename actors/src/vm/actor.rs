@@ -500,7 +500,7 @@ impl VmState {
             return Err(Error::StartFailed { name: self.name.clone(), reason });
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
-        std::fs::write(&stamp, &self.deps.instance).map_err(|e| Error::io(format!("cannot write {stamp:?}"), e))
+        crate::recovery::stamp_dir(dir, &self.deps.instance).map_err(|e| Error::io(format!("cannot write {stamp:?}"), e))
     }
 
     /// The overlay, data disk and seed of this VM, made (or found) on the
