@@ -38,14 +38,31 @@ fn same_instance(found: Option<&str>, instance: &str) -> bool {
     found.is_none_or(|f| f == instance)
 }
 
-/// Whether `dir` (a VM's run directory) belongs to another paddock: it
-/// carries another instance's stamp, or it is another daemon's run dir
-/// (it holds that daemon's lock file). An unstamped directory (a crash
-/// between its mkdir and its stamp) is judged by where it is: in our run
-/// dir, so ours.
+/// Whether `dir` (a VM's run directory) belongs to another paddock that
+/// still uses it: it is another daemon's run dir (it holds that daemon's
+/// lock file), or it carries another instance's stamp and a hypervisor of
+/// that instance still runs in it. A stamp of a paddock that is gone (its
+/// state dir was lost) does not protect a stale directory in our run dir,
+/// which we hold the lock of. An unstamped directory (a crash between its
+/// mkdir and its stamp) is judged by where it is: in our run dir, so ours.
 pub fn dir_is_foreign(dir: &Path, instance: &str) -> bool {
+    if dir.join("paddock.lock").exists() {
+        return true;
+    }
     let stamp = std::fs::read_to_string(dir.join(DIR_STAMP)).unwrap_or_default();
-    dir.join("paddock.lock").exists() || (!stamp.trim().is_empty() && stamp.trim() != instance)
+    let stamp = stamp.trim();
+    !stamp.is_empty() && stamp != instance && hypervisor_in(dir).is_some_and(|pid| instance_of(pid).as_deref() == Some(stamp))
+}
+
+/// A live marked process whose control socket is in `dir`.
+fn hypervisor_in(dir: &Path) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok()).find(|pid| {
+        cmdline(*pid).is_some_and(|argv| {
+            marker_of(&argv).is_some()
+                && matches!(control_of(&argv), OrphanControl::Qmp(p) | OrphanControl::ChApi(p) if p.parent() == Some(dir))
+        })
+    })
 }
 
 /// Stamps `dir` as made by `instance`; written aside and renamed, so a
@@ -190,9 +207,11 @@ fn run_dir_of(control: &OrphanControl) -> Option<&Path> {
 
 /// Processes marked `paddock-*` whose control socket is exactly in
 /// `run_dir` (whole path components: a run dir nested inside ours, or
-/// ours inside another, is another daemon's) and whose instance stamp is
-/// ours, minus `known` (the adopted ones). Other daemons' VMs are not
-/// ours to judge.
+/// ours inside another, is another daemon's), minus `known` (the adopted
+/// ones). Other daemons' VMs are not ours to judge. One stamped with
+/// another instance (a state dir that was lost or replaced) is still an
+/// orphan here: we hold this run dir's lock, so no live daemon owns it;
+/// the log says whose it was.
 pub fn find_orphans(run_dir: &Path, instance: &str, known: &[i32]) -> Vec<Orphan> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
@@ -204,8 +223,11 @@ pub fn find_orphans(run_dir: &Path, instance: &str, known: &[i32]) -> Vec<Orphan
         let Some(argv) = cmdline(pid) else { continue };
         let Some(marker) = marker_of(&argv) else { continue };
         let control = control_of(&argv);
-        if run_dir_of(&control) != Some(run_dir) || !same_instance(instance_of(pid).as_deref(), instance) {
+        if run_dir_of(&control) != Some(run_dir) {
             continue;
+        }
+        if let Some(other) = instance_of(pid).filter(|i| !same_instance(Some(i), instance)) {
+            tracing::warn!(pid, %marker, instance = %other, "orphan started by another state directory's paddock in our run dir");
         }
         out.push(Orphan { pid, marker, control });
     }
