@@ -480,9 +480,20 @@ impl VmState {
             }
         };
         crash_point!("start.after-run-recorded");
-        let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) }, me.get_cell())
-            .await
-            .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
+        // Kept to end the hypervisor if nothing can watch it (the actor
+        // system is shutting down): a failed start leaves nothing running.
+        let pidfd = spawned.pidfd.try_clone().ok();
+        let watch = ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) };
+        let process = match Actor::spawn_linked(None, ProcessActor, watch, me.get_cell()).await {
+            Ok((p, _)) => p,
+            Err(e) => {
+                tracing::error!(vm = %self.name, pid, error = %e, "cannot watch the hypervisor; killing it");
+                if let Some(fd) = &pidfd {
+                    let _ = process::pidfd_signal(fd, libc::SIGKILL);
+                }
+                return Err(Error::Unavailable(format!("process actor: {e}")));
+            }
+        };
         self.run = Some(Run::new(pid, run_id, plan, process));
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
@@ -609,7 +620,9 @@ impl VmState {
     fn on_control_failed(&mut self, error: String) {
         let Some(run) = self.run.as_mut() else { return };
         tracing::warn!(vm = %self.name, pid = run.pid, %error, "control channel failed");
-        if self.phase == VmPhase::Starting && self.recovered.is_none() {
+        // Also an adopted `up` that never booted (provisional): nothing
+        // acknowledged it, and its socket will not come back.
+        if self.phase == VmPhase::Starting && (self.recovered.is_none() || self.rollback) {
             // It never answered: nothing graceful is possible. Kill it; the
             // exit notice completes the failed start.
             run.start_failure = Some(format!("control socket: {error}"));
