@@ -135,7 +135,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
 }
 
 fn gib(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{bytes} bytes")

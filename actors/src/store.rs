@@ -418,6 +418,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_instance_id_is_made_once_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let first = Store::open(&path).unwrap().instance_id().await.unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(Store::open(&path).unwrap().instance_id().await.unwrap(), first, "a reopened store keeps its identity");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(Store::open(&other.path().join("state.db")).unwrap().instance_id().await.unwrap(), first);
+    }
+
+    #[tokio::test]
     async fn vm_rows_round_trip_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
