@@ -8,7 +8,10 @@
 //!   was acknowledged; no removed VM comes back;
 //! - a hypervisor runs exactly for running and paused VMs, with the
 //!   recorded pid; no marked process without a record;
-//! - no stale run directory, socket, disk directory or lease.
+//! - no stale run directory, socket, disk directory, lease or TAP.
+//!
+//! The daemon runs in a network namespace of its own (`NetLab`), where
+//! two of the VMs get TAP leases.
 //!
 //! `PADDOCK_CHAOS_SEED` replays a run, `PADDOCK_CHAOS_ROUNDS` (default 30)
 //! sets its length. A failing round prints its history.
@@ -99,6 +102,10 @@ fn spec(d: &Daemon, name: &str) -> paddock::VmSpec {
     if name.ends_with(['1', '3', '5']) {
         s.data_disk = Some(serde_json::from_value(serde_json::json!({ "size_gib": 1 })).expect("data disk"));
     }
+    // Two have a TAP lease (a row, a TAP, nftables rules).
+    if name.ends_with(['4', '5']) {
+        s.network.mode = paddock::spec::NetworkMode::Tap;
+    }
     s
 }
 
@@ -177,7 +184,7 @@ async fn settled(d: &Daemon) -> Vec<VmInfo> {
     }
 }
 
-fn check(d: &Daemon, known: &BTreeMap<&'static str, Known>, list: &[VmInfo]) -> Result<(), String> {
+fn check(d: &Daemon, lab: &NetLab, known: &BTreeMap<&'static str, Known>, list: &[VmInfo]) -> Result<(), String> {
     let listed: BTreeMap<&str, &VmInfo> = list.iter().map(|v| (v.name.as_str(), v)).collect();
     for (name, k) in known {
         let v = listed.get(name);
@@ -246,19 +253,24 @@ fn check(d: &Daemon, known: &BTreeMap<&'static str, Known>, list: &[VmInfo]) -> 
             return Err(format!("stale disk directory {name}: {files:?}"));
         }
     }
-    let leases = leases(&d.state_dir());
-    if !leases.is_empty() {
-        return Err(format!("stale leases {leases:?}"));
+    // A lease (and its TAP) lives from the first start to `rm`.
+    let leases = leases(&d.state_dir())?;
+    if let Some((vm, _)) = leases.iter().find(|(vm, _)| !listed.contains_key(vm.as_str())) {
+        return Err(format!("stale lease of {vm}: {leases:?}"));
+    }
+    for tap in lab.taps() {
+        if !leases.iter().any(|(_, idx)| tap == format!("pdtap{idx}")) {
+            return Err(format!("stale TAP {tap}; leases {leases:?}"));
+        }
     }
     Ok(())
 }
 
-fn leases(state: &Path) -> Vec<String> {
-    let Ok(c) = rusqlite::Connection::open_with_flags(state.join("paddock.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
-        return vec!["unreadable database".into()];
-    };
-    let Ok(mut s) = c.prepare("SELECT vm FROM leases") else { return vec![] };
-    s.query_map([], |r| r.get::<_, String>(0)).map(|rows| rows.flatten().collect()).unwrap_or_default()
+fn leases(state: &Path) -> Result<Vec<(String, u32)>, String> {
+    let c = rusqlite::Connection::open_with_flags(state.join("paddock.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
+    let mut s = c.prepare("SELECT vm, idx FROM leases").map_err(|e| e.to_string())?;
+    let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))).map_err(|e| e.to_string())?;
+    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
 /// Fills the file system of `path` (writes it until ENOSPC).
@@ -277,7 +289,9 @@ async fn chaos_acknowledged_vms_survive_kills_crashes_and_full_disks() {
     let rounds = rounds();
     println!("chaos: seed {seed} (replay with PADDOCK_CHAOS_SEED={seed}), {rounds} rounds");
     let mut rng = fastrand::Rng::with_seed(seed);
+    let lab = NetLab::new();
     let mut d = Daemon::unstarted(&["--qemu-binary", fake_qemu()], &[]);
+    d.netns = Some(lab.host.clone());
     std::fs::create_dir_all(d.state_dir()).expect("state dir");
     let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"]).arg(d.state_dir()).output().expect("mount");
     assert!(out.status.success(), "mount tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr));
@@ -385,7 +399,7 @@ async fn chaos_acknowledged_vms_survive_kills_crashes_and_full_disks() {
         let _ = std::fs::remove_file(&filler);
         d.spawn();
         let list = settled(&d).await;
-        if let Err(why) = check(&d, &known, &list) {
+        if let Err(why) = check(&d, &lab, &known, &list) {
             let history: Vec<String> = records.iter().map(|r| format!("  [{}..{}] client {} {:?} {}: {:?}", r.sent, r.answered, r.client, r.op, r.name, r.result)).collect();
             panic!(
                 "chaos round {round} (seed {seed}; replay with PADDOCK_CHAOS_SEED={seed}): {why}\n\
