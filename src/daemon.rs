@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use crate::{Runtime, RuntimeConfig};
 
+/// After SIGTERM or `POST /v1/shutdown`, how long open connections get to
+/// finish before they are closed.
+pub const API_DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// Then how long the supervision tree gets to stop (VMs keep running).
+pub const RUNTIME_STOP_BOUND: Duration = Duration::from_secs(2);
+/// The whole exit, signal to process end, is bounded by this (the sum of
+/// the two above plus the process's own teardown).
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub state_dir: PathBuf,
@@ -49,24 +58,43 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // READY=1 only now: every recorded VM is adopted or handled.
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
     let watchdog = start_watchdog(runtime.clone());
-    let app = crate::api::router(runtime.clone());
+    let drain = crate::api::drain::Drain::default();
+    let app = crate::api::router_with_drain(runtime.clone(), drain.clone());
     let rt2 = runtime.clone();
+    let drain2 = drain.clone();
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             _ = rt2.exit_requested() => tracing::info!("shutdown requested through the API"),
         }
+        // Answers every wait in flight and ends every follower, so the
+        // graceful shutdown below has nothing left to wait for.
+        drain2.begin();
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    let serve = std::future::IntoFuture::into_future(axum::serve(listener, app).with_graceful_shutdown(stop));
+    tokio::pin!(serve);
+    // The bound holds even against a client that never reads its last line.
+    let served = tokio::select! {
+        r = &mut serve => r,
+        _ = async { drain.begun().await; tokio::time::sleep(API_DRAIN_BOUND).await } => {
+            tracing::warn!(bound_ms = API_DRAIN_BOUND.as_millis() as u64, "connections still open at the shutdown bound; closing them");
+            Ok(())
+        }
+    };
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(w) = watchdog {
         w.abort();
+        let _ = w.await;
     }
     let _ = std::fs::remove_file(&opts.socket);
     served.context("API server failed")?;
     // Leaves VMs running (their processes are in their own sessions).
     match Arc::try_unwrap(runtime) {
-        Ok(rt) => rt.shutdown().await,
+        Ok(rt) => {
+            if tokio::time::timeout(RUNTIME_STOP_BOUND, rt.shutdown()).await.is_err() {
+                tracing::warn!(bound_ms = RUNTIME_STOP_BOUND.as_millis() as u64, "supervision tree did not stop in time; exiting anyway");
+            }
+        }
         Err(_) => tracing::warn!("requests still in flight at shutdown"),
     }
     tracing::info!("paddock stopped; VMs keep running");

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dir_lock;
 mod runtime;
 
 pub use paddock_actors::spec;

@@ -78,6 +78,8 @@ pub struct Runtime {
     exit: Arc<tokio::sync::Notify>,
     reaper: tokio::task::JoinHandle<()>,
     images: Arc<paddock_images::ImageCache>,
+    /// One runtime per state directory and per run directory, for life.
+    _locks: [crate::dir_lock::DirLock; 2],
 }
 
 impl Runtime {
@@ -87,9 +89,11 @@ impl Runtime {
         for dir in [&config.state_dir, &config.run_dir] {
             create_private_dir(dir)?;
         }
+        let locks = [lock(&config.state_dir)?, lock(&config.run_dir)?];
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
+        let instance = store.instance_id().await?;
         let events = EventBus::new(store.clone());
         let net = Arc::new(paddock_actors::netmgr::NetManager::new(config.net.clone(), store.clone()));
         let images = Arc::new(
@@ -112,6 +116,7 @@ impl Runtime {
             net: net.clone(),
             images: images.clone(),
             state_dir: config.state_dir.clone(),
+            instance,
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -135,7 +140,7 @@ impl Runtime {
                 }
             }
         });
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images })
+        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, _locks: locks })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -313,6 +318,16 @@ async fn await_reply<T>(rx: tokio::sync::oneshot::Receiver<Result<T>>, timeout: 
         Ok(Err(_)) => Err(Error::Unavailable(format!("request for {what} was dropped"))),
         Err(_) => Err(Error::Timeout { what: format!("request for {what}"), timeout_ms: timeout.as_millis() as u64 }),
     }
+}
+
+fn lock(dir: &std::path::Path) -> Result<crate::dir_lock::DirLock> {
+    crate::dir_lock::DirLock::acquire(dir).map_err(|e| {
+        let source = match &e {
+            crate::dir_lock::LockError::Io { source, .. } => std::io::Error::new(source.kind(), source.to_string()),
+            crate::dir_lock::LockError::Held { .. } => std::io::Error::new(std::io::ErrorKind::WouldBlock, "the lock is held"),
+        };
+        Error::Io { context: e.to_string(), source }
+    })
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {

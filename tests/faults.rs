@@ -161,3 +161,29 @@ async fn a_failed_console_actor_is_restarted_alone() {
     wait_console(&d.client, "resilient", READY_MARKER, Duration::from_secs(5)).await;
     d.client.stop("resilient", 60).await.expect("stop");
 }
+
+/// The daemon dies between the spawn and the run's record; the next one
+/// rolls the up back (its directory and socket go) and then stops the
+/// hypervisor as an orphan. With its socket gone the quit rung is
+/// skipped, instead of waiting the whole control timeout (here 60 s) on
+/// a socket that cannot answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_whose_socket_is_gone_is_not_asked_to_quit() {
+    let mut d = Daemon::start_with(
+        &["--qemu-binary", fake_qemu(), "--control-timeout-ms", "60000"],
+        &[("FAILPOINTS", "start.after-spawn=return")],
+    );
+    assert!(d.client.up(&fake_spec(&d, "lost"), WaitFor::Running, 30).await.is_err());
+    assert!(!d.wait_exit().success());
+    let orphan = d.hypervisor_pids();
+    assert_eq!(orphan.len(), 1, "the spawned hypervisor outlives the daemon");
+    restart_clean(&mut d);
+    // READY came before the 20 s that `spawn` waits, so far below 60 s.
+    assert!(!process_exists(orphan[0]), "orphan still running after READY");
+    let body = d.client.events(0, false).await.expect("events");
+    let bytes = http_body_util::BodyExt::collect(body).await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    println!("{}", text.lines().filter(|l| l.contains("orphan")).collect::<Vec<_>>().join("\n"));
+    assert!(text.contains("orphan_stopped") && text.contains("\"sigterm\""), "{text}");
+    assert!(!running_or_absent(&d, "lost").await);
+}

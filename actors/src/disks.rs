@@ -15,6 +15,10 @@ use crate::spec::{image_digest, Disk, VmSpec};
 pub const OVERLAY: &str = "root.qcow2";
 pub const DATA_DISK: &str = "data.qcow2";
 pub const SERVICE_DISK: &str = "service.img";
+/// Present while the data disk was made by a start that has not booted
+/// yet: a failed `up` (or its rollback after a crash) deletes such a disk
+/// with everything else, while a disk a guest has used is kept.
+pub const DATA_DISK_UNUSED: &str = "data.qcow2.unused";
 /// Random, made once per VM: with the name it gives a stable instance-id
 /// for one VM and a new one for a new VM of the same name.
 const NONCE: &str = "instance-nonce";
@@ -82,7 +86,24 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
     }
     if let Some(d) = &spec.data_disk {
         let path = dir.join(DATA_DISK);
-        ensure_data_disk(&path, d.size_gib << 30).map_err(|e| io("data_disk", e))?;
+        let want = d.size_gib << 30;
+        match ensure_data_disk(&path, want).map_err(|e| io("data_disk", e))? {
+            paddock_images::DataDisk::Created { .. } => {
+                let unused = dir.join(DATA_DISK_UNUSED);
+                std::fs::write(&unused, b"").map_err(|e| Error::io(format!("cannot write {unused:?}"), e))?;
+            }
+            // Never silently reused at another size than the spec says.
+            paddock_images::DataDisk::Existing { virtual_size } if virtual_size != want => {
+                let message = format!(
+                    "{path:?} already exists with {} but the spec asks for {}; set size_gib = {} to use it, or delete it (`paddock rm --volumes` of the VM that had it)",
+                    gib(virtual_size),
+                    gib(want),
+                    virtual_size >> 30,
+                );
+                return Err(SpecError::new("data_disk.size_gib", message).into());
+            }
+            paddock_images::DataDisk::Existing { .. } => {}
+        }
         out.disks.push(Disk { path, format: Some(DiskFormat::Qcow2), readonly: false });
     }
     if let Some(ci) = &spec.cloud_init {
@@ -152,8 +173,23 @@ fn write_service_disk(sd: &crate::spec::ServiceDiskSpec, dir: &Path) -> Result<P
     Ok(path)
 }
 
-/// Deletes the VM's disks; the data disk only with `volumes`.
+fn gib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// A guest booted with the VM's disks: its data disk is now worth keeping.
+pub fn data_disk_used(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(DATA_DISK_UNUSED));
+}
+
+/// Deletes the VM's disks; the data disk only with `volumes`, or if no
+/// guest ever booted with it (`DATA_DISK_UNUSED`).
 pub fn remove(dir: &Path, volumes: bool) -> Result<(), Error> {
+    let volumes = volumes || dir.join(DATA_DISK_UNUSED).exists();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -50,6 +50,10 @@ pub enum Error {
     },
     #[error("state store")]
     Store(#[from] crate::store::StoreError),
+    /// A change that happened (or was about to) but whose record could not
+    /// be written: the request is not answered as a success.
+    #[error("VM {name:?}: {what}: the state database cannot record it ({detail}); free space in the state directory and retry")]
+    NotRecorded { name: String, what: String, detail: String },
     #[error("{context}")]
     Io {
         context: String,

@@ -133,6 +133,10 @@ impl NetManager {
         let alias = owner_alias(&lease.vm);
         let existing = links.get(&lease.tap).await?;
         let created = existing.is_none();
+        // A new TAP stays pending (it vanishes if we die) until it carries
+        // our owner alias: a crash in between never leaves an unmarked TAP
+        // that the reaper may not touch and that blocks the lease's index.
+        let mut pending = None;
         match existing {
             Some(li) if li.alias.as_deref() == Some(alias.as_str()) => {}
             Some(li) => {
@@ -144,7 +148,7 @@ impl NetManager {
                     },
                 });
             }
-            None => paddock_net::tap::create_persistent(&lease.tap)?,
+            None => pending = Some(paddock_net::tap::create_pending(&lease.tap)?),
         }
         let li = links.get(&lease.tap).await?.ok_or_else(|| paddock_net::Error::Netlink {
             what: format!("find {}", lease.tap),
@@ -156,7 +160,10 @@ impl NetManager {
             }
             return Err(e);
         }
-        Ok(())
+        match pending {
+            Some(p) => p.persist(),
+            None => Ok(()),
+        }
     }
 
     async fn delete_tap(&self, tap: &str, vm: &str) {

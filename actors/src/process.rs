@@ -44,17 +44,20 @@ pub struct Spawned {
 }
 
 /// Spawns `plan` in a new session. The argv is a vector; no shell.
-pub fn spawn(plan: &LaunchPlan) -> Result<Spawned, SpawnError> {
-    spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log)
+/// `instance` is stamped into its environment (`recovery::INSTANCE_ENV`)
+/// so that adoption and the orphan scan recognise whose it is.
+pub fn spawn(plan: &LaunchPlan, instance: &str) -> Result<Spawned, SpawnError> {
+    spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log, Some(instance))
 }
 
 /// Spawns `program` (argv[0] `arg0` if given) in a new session, stdin
-/// closed, stdout and stderr to `log` (truncated).
+/// closed, stdout and stderr to `log` (truncated), stamped with `instance`.
 pub fn spawn_in_session(
     program: &std::path::Path,
     arg0: Option<&std::ffi::OsStr>,
     args: &[std::ffi::OsString],
     log_path: &std::path::Path,
+    instance: Option<&str>,
 ) -> Result<Spawned, SpawnError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -66,6 +69,9 @@ pub fn spawn_in_session(
     let mut cmd = std::process::Command::new(program);
     if let Some(arg0) = arg0 {
         cmd.arg0(arg0);
+    }
+    if let Some(instance) = instance {
+        cmd.env(crate::recovery::INSTANCE_ENV, instance);
     }
     cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the

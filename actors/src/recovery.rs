@@ -15,6 +15,80 @@ use std::time::Duration;
 use crate::process::{boot_id, pidfd_open, pidfd_signal, process_start_time};
 use crate::store::RunRecord;
 
+/// The environment variable every hypervisor is started with: the
+/// instance id of the state directory whose supervisor started it.
+pub const INSTANCE_ENV: &str = "PADDOCK_INSTANCE";
+/// The file in each VM's run directory naming the instance that made it.
+pub const DIR_STAMP: &str = "owner";
+
+/// The instance a live process was started by (`INSTANCE_ENV` in
+/// /proc/PID/environ), or None if it carries none or is gone.
+pub fn instance_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{INSTANCE_ENV}=");
+    raw.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Whether a run directory (or a process started by another supervisor)
+/// belongs to `instance`. A process or directory with no stamp at all
+/// predates stamping and is judged by its path alone.
+fn same_instance(found: Option<&str>, instance: &str) -> bool {
+    found.is_none_or(|f| f == instance)
+}
+
+/// Whether `dir` (a VM's run directory) belongs to another paddock that
+/// still uses it: it is another daemon's run dir (it holds that daemon's
+/// lock file), or it carries another instance's stamp and a hypervisor of
+/// that instance still runs in it. A stamp of a paddock that is gone (its
+/// state dir was lost) does not protect a stale directory in our run dir,
+/// which we hold the lock of. An unstamped directory (a crash between its
+/// mkdir and its stamp) is judged by where it is: in our run dir, so ours.
+pub fn dir_is_foreign(dir: &Path, instance: &str) -> bool {
+    if dir.join("paddock.lock").exists() {
+        return true;
+    }
+    let stamp = std::fs::read_to_string(dir.join(DIR_STAMP)).unwrap_or_default();
+    let stamp = stamp.trim();
+    !stamp.is_empty() && stamp != instance && hypervisor_in(dir).is_some_and(|pid| instance_of(pid).as_deref() == Some(stamp))
+}
+
+/// A live marked process whose control socket is in `dir`.
+fn hypervisor_in(dir: &Path) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok()).find(|pid| {
+        cmdline(*pid).is_some_and(|argv| {
+            marker_of(&argv).is_some()
+                && matches!(control_of(&argv), OrphanControl::Qmp(p) | OrphanControl::ChApi(p) if p.parent() == Some(dir))
+        })
+    })
+}
+
+/// Stamps `dir` as made by `instance`; written aside and renamed, so a
+/// crash never leaves a half-written stamp.
+pub fn stamp_dir(dir: &Path, instance: &str) -> std::io::Result<()> {
+    let stamp = dir.join(DIR_STAMP);
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == instance) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{DIR_STAMP}.tmp"));
+    std::fs::write(&tmp, instance)?;
+    std::fs::rename(&tmp, &stamp)
+}
+
+/// Removes a VM's run directory unless it belongs to another paddock.
+pub fn remove_run_dir(dir: &Path, instance: &str) -> std::io::Result<()> {
+    if dir_is_foreign(dir, instance) {
+        tracing::warn!(dir = ?dir, "not removing a directory that another paddock made");
+        return Ok(());
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Why a recorded run cannot be adopted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotAdoptable {
@@ -26,6 +100,8 @@ pub enum NotAdoptable {
     PidReused { pid: i32, found: u64, recorded: u64 },
     #[error("pid {pid} does not carry the marker {marker}")]
     NotOurs { pid: i32, marker: String },
+    #[error("pid {pid} was started by another paddock (instance {found}, ours {ours})")]
+    OtherInstance { pid: i32, found: String, ours: String },
 }
 
 /// The argv of a live process, or None if it is gone (or a zombie).
@@ -64,7 +140,7 @@ fn is_device(argv: &[String]) -> bool {
 /// matches, returns a pidfd for it. The identity is checked again after the
 /// pidfd is open, so the pidfd cannot refer to a process that replaced the
 /// recorded one in between.
-pub fn verify(run: &RunRecord, marker: &str) -> Result<OwnedFd, NotAdoptable> {
+pub fn verify(run: &RunRecord, marker: &str, instance: &str) -> Result<OwnedFd, NotAdoptable> {
     let pid = run.pid;
     if boot_id().ok().as_deref() != Some(run.boot_id.as_str()) {
         return Err(NotAdoptable::Rebooted);
@@ -77,6 +153,9 @@ pub fn verify(run: &RunRecord, marker: &str) -> Result<OwnedFd, NotAdoptable> {
         let argv = cmdline(pid).ok_or(NotAdoptable::Gone { pid })?;
         if !has_marker(&argv, marker) {
             return Err(NotAdoptable::NotOurs { pid, marker: marker.to_string() });
+        }
+        if let Some(found) = instance_of(pid).filter(|f| f != instance) {
+            return Err(NotAdoptable::OtherInstance { pid, found, ours: instance.to_string() });
         }
         Ok(())
     };
@@ -123,11 +202,32 @@ fn control_of(argv: &[String]) -> OrphanControl {
     OrphanControl::None
 }
 
-/// Processes marked `paddock-*` whose argv mentions `run_dir`, minus
-/// `known` (the adopted ones). Other daemons' VMs (other run dirs) are
-/// not ours to judge.
-pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
-    let needle = format!("{}/", run_dir.display());
+/// The run directory a hypervisor's control socket lives in
+/// (`RUN_DIR/NAME/control.sock` -> `RUN_DIR`).
+fn run_dir_of(control: &OrphanControl) -> Option<&Path> {
+    match control {
+        OrphanControl::Qmp(p) | OrphanControl::ChApi(p) => p.parent()?.parent(),
+        OrphanControl::None => None,
+    }
+}
+
+/// The run directory of a vsock device (`--uds-path RUN_DIR/NAME/vsock.sock`).
+fn device_run_dir(argv: &[String]) -> Option<PathBuf> {
+    if !is_device(argv) {
+        return None;
+    }
+    let uds = argv.windows(2).find(|w| w[0] == "--uds-path")?;
+    Path::new(&uds[1]).parent()?.parent().map(Path::to_path_buf)
+}
+
+/// Processes marked `paddock-*` whose control socket is exactly in
+/// `run_dir` (whole path components: a run dir nested inside ours, or
+/// ours inside another, is another daemon's), minus `known` (the adopted
+/// ones). Other daemons' VMs are not ours to judge. One stamped with
+/// another instance (a state dir that was lost or replaced) is still an
+/// orphan here: we hold this run dir's lock, so no live daemon owns it;
+/// the log says whose it was.
+pub fn find_orphans(run_dir: &Path, instance: &str, known: &[i32]) -> Vec<Orphan> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
     for e in entries.flatten() {
@@ -141,10 +241,15 @@ pub fn find_orphans(run_dir: &Path, known: &[i32]) -> Vec<Orphan> {
             None if is_device(&argv) => argv[0].clone(),
             None => continue,
         };
-        if !argv.iter().any(|a| a.contains(&needle)) {
+        let control = control_of(&argv);
+        let dir = run_dir_of(&control).map(Path::to_path_buf).or_else(|| device_run_dir(&argv));
+        if dir.as_deref() != Some(run_dir) {
             continue;
         }
-        out.push(Orphan { pid, marker, control: control_of(&argv) });
+        if let Some(other) = instance_of(pid).filter(|i| !same_instance(Some(i), instance)) {
+            tracing::warn!(pid, %marker, instance = %other, "orphan started by another state directory's paddock in our run dir");
+        }
+        out.push(Orphan { pid, marker, control });
     }
     out
 }
@@ -167,7 +272,12 @@ pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str 
         let fd = &fd;
         async move { tokio::time::timeout(d, fd.readable()).await.is_ok() }
     };
+    // A socket that is gone (a rollback removed the directory) or that
+    // refuses connections cannot carry a quit: go straight to signals
+    // instead of waiting the control timeout on it.
+    let reachable = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
     let asked = match &o.control {
+        OrphanControl::Qmp(qmp) | OrphanControl::ChApi(qmp) if !reachable(qmp) => false,
         OrphanControl::Qmp(qmp) => match crate::qemu::qmp::QmpClient::connect(qmp, control_timeout).await {
             Ok(mut c) => c.execute("quit", None).await.is_ok(),
             Err(_) => false,
@@ -208,21 +318,21 @@ mod tests {
     fn a_process_without_the_marker_is_not_adopted() {
         let me = std::process::id() as i32;
         let st = process_start_time(me).unwrap();
-        assert!(matches!(verify(&record(me, st), "paddock-x"), Err(NotAdoptable::NotOurs { .. })));
+        assert!(matches!(verify(&record(me, st), "paddock-x", "i"), Err(NotAdoptable::NotOurs { .. })));
     }
 
     #[test]
     fn a_different_start_time_is_pid_reuse() {
         let me = std::process::id() as i32;
         let st = process_start_time(me).unwrap();
-        assert!(matches!(verify(&record(me, st + 1), "paddock-x"), Err(NotAdoptable::PidReused { .. })));
+        assert!(matches!(verify(&record(me, st + 1), "paddock-x", "i"), Err(NotAdoptable::PidReused { .. })));
     }
 
     #[test]
     fn another_boot_is_never_adopted() {
         let mut r = record(1, 1);
         r.boot_id = "00000000-0000-0000-0000-000000000000".into();
-        assert_eq!(verify(&r, "paddock-x").unwrap_err(), NotAdoptable::Rebooted);
+        assert_eq!(verify(&r, "paddock-x", "i").unwrap_err(), NotAdoptable::Rebooted);
     }
 
     fn argv(s: &str) -> Vec<String> {
@@ -245,6 +355,18 @@ mod tests {
         assert!(!has_marker(&argv("/usr/bin/cloud-hypervisor --api-socket path=/x"), "paddock-web"));
         // The daemon itself is not a VM.
         assert_eq!(marker_of(&argv("/usr/bin/paddock serve --run-dir /run/p")), None);
+    }
+
+    #[test]
+    fn a_nested_run_dir_is_not_ours() {
+        let a = argv("qemu -name paddock-web -qmp unix:/run/p/inner/web/control.sock,server=on,wait=off");
+        let c = control_of(&a);
+        assert_eq!(run_dir_of(&c), Some(Path::new("/run/p/inner")));
+        assert_ne!(run_dir_of(&c), Some(Path::new("/run/p")));
+        // String prefixes are not path prefixes.
+        let b = control_of(&argv("qemu -name paddock-web -qmp unix:/run/p2/web/control.sock"));
+        assert_ne!(run_dir_of(&b), Some(Path::new("/run/p")));
+        assert!(same_instance(None, "i") && same_instance(Some("i"), "i") && !same_instance(Some("j"), "i"));
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct RegistryArgs {
     pub net: Arc<crate::netmgr::NetManager>,
     pub images: Arc<paddock_images::ImageCache>,
     pub state_dir: PathBuf,
+    /// The state directory's identity (`Store::instance_id`).
+    pub instance: String,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -110,6 +112,7 @@ impl Actor for RegistryActor {
             net: a.net,
             images: a.images,
             state_dir: a.state_dir,
+            instance: a.instance,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();
@@ -181,6 +184,11 @@ impl RegistryState {
             return Err(Error::AlreadyExists { name: spec.name });
         }
         self.check_host_ports(&spec)?;
+        let dir = RunPaths::new(&self.deps.run_dir, &spec.name).dir;
+        if recovery::dir_is_foreign(&dir, &self.deps.instance) {
+            let message = format!("{dir:?} belongs to another paddock (its run dir is inside ours); choose another name");
+            return Err(SpecError::new("name", message).into());
+        }
         let backend = self.backends.get(spec.backend, &spec.name)?;
         // Checks every file before anything is written.
         crate::netmgr::NetManager::check_allowed(&spec)?;
@@ -234,7 +242,7 @@ impl RegistryState {
             }
         };
         let marker = crate::backend::marker(&name);
-        let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker)));
+        let verified = open.as_ref().map(|(id, run)| (*id, run.pid, recovery::verify(run, &marker, &self.deps.instance)));
         if let Some((_, pid, Err(e))) = &verified {
             // Not ours any more (or gone): never adopted, never signalled.
             tracing::info!(vm = %name, pid, reason = %e, "recorded process not adopted");
@@ -299,7 +307,9 @@ impl RegistryState {
     }
 
     async fn delete_record(&self, name: &str) {
-        let _ = std::fs::remove_dir_all(RunPaths::new(&self.deps.run_dir, name).dir);
+        if let Err(e) = recovery::remove_run_dir(&RunPaths::new(&self.deps.run_dir, name).dir, &self.deps.instance) {
+            tracing::error!(vm = %name, error = %e, "cannot remove the run directory of a rolled-back VM");
+        }
         if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, name), false) {
             tracing::error!(vm = %name, error = %e, "cannot remove the disks of a rolled-back VM");
         }
@@ -318,11 +328,11 @@ impl RegistryState {
     fn finish_recovery(&self, mut pass: RecoveryPass, report_to: Option<tokio::sync::oneshot::Sender<RecoveryReport>>) {
         let deps = self.deps.clone();
         let known: Vec<String> = self.vms.keys().cloned().collect();
-        let orphans = recovery::find_orphans(&deps.run_dir, &pass.known_pids);
+        let orphans = recovery::find_orphans(&deps.run_dir, &deps.instance, &pass.known_pids);
         tokio::spawn(async move {
             let stops = orphans.iter().map(|o| stop_orphan(&deps, o));
             pass.report.orphans_stopped = futures::future::join_all(stops).await;
-            pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &known);
+            pass.report.dirs_removed = remove_unowned_dirs(&deps.run_dir, &deps.instance, &known);
             match deps.net.reap().await {
                 Ok(r) => pass.report.taps_reaped = r.taps_deleted,
                 Err(e) => tracing::error!(error = %e, "network reaper failed"),
@@ -365,13 +375,20 @@ async fn stop_orphan(deps: &VmDeps, o: &Orphan) -> i32 {
 }
 
 /// Directories in the run dir that belong to no VM (left by a crash in the
-/// middle of a rollback or a removal).
-fn remove_unowned_dirs(run_dir: &std::path::Path, known: &[String]) -> Vec<String> {
+/// middle of a rollback or a removal). Only directories stamped with our
+/// instance: anything else (another daemon's run dir nested in ours) is
+/// not ours to delete.
+fn remove_unowned_dirs(run_dir: &std::path::Path, instance: &str, known: &[String]) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(run_dir) else { return removed };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok() {
+        let candidate = e.file_type().is_ok_and(|t| t.is_dir()) && !known.contains(&name) && crate::spec::validate_name(&name).is_ok();
+        if candidate && recovery::dir_is_foreign(&e.path(), instance) {
+            tracing::info!(dir = ?e.path(), "leaving a run directory that another paddock made");
+            continue;
+        }
+        if candidate {
             match std::fs::remove_dir_all(e.path()) {
                 Ok(()) => removed.push(name),
                 Err(err) => tracing::warn!(dir = ?e.path(), error = %err, "cannot remove an unowned run directory"),

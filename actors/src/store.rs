@@ -151,6 +151,10 @@ impl Store {
                  vm TEXT NOT NULL,
                  body TEXT NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );
              PRAGMA user_version = 1;
              COMMIT;",
         )
@@ -172,6 +176,19 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Worker)?
+    }
+
+    /// This state directory's identity, made once: every hypervisor this
+    /// supervisor starts carries it (`INSTANCE_ENV`), and so does every
+    /// run directory it makes, so that nothing of another daemon is ever
+    /// taken for ours.
+    pub async fn instance_id(&self) -> Result<String, StoreError> {
+        let fresh = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        self.with(move |c| {
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance_id', ?1)", params![fresh])?;
+            Ok(c.query_row("SELECT value FROM meta WHERE key = 'instance_id'", [], |r| r.get(0))?)
+        })
+        .await
     }
 
     pub async fn insert_vm(&self, spec: &VmSpec, phase: &VmPhase) -> Result<(), StoreError> {
@@ -398,6 +415,17 @@ mod tests {
 
     fn spec(name: &str) -> VmSpec {
         serde_json::from_value(serde_json::json!({"name": name, "boot": {"kernel": "/k"}})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_instance_id_is_made_once_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let first = Store::open(&path).unwrap().instance_id().await.unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(Store::open(&path).unwrap().instance_id().await.unwrap(), first, "a reopened store keeps its identity");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(Store::open(&other.path().join("state.db")).unwrap().instance_id().await.unwrap(), first);
     }
 
     #[tokio::test]

@@ -242,7 +242,7 @@ impl Device {
     pub async fn start(vm: &str, plan: &DevicePlan, timeout: Duration) -> Result<Device, VsockError> {
         let fail = |reason: String| VsockError::Device { name: vm.to_string(), reason };
         let _ = std::fs::remove_file(&plan.socket);
-        let spawned = crate::process::spawn_in_session(&plan.program, Some(&plan.arg0), &plan.args, &plan.log)
+        let spawned = crate::process::spawn_in_session(&plan.program, Some(&plan.arg0), &plan.args, &plan.log, None)
             .map_err(|e| fail(format!("{e} (install it with `cargo install vhost-device-vsock`, or point --vsock-device-binary at it)")))?;
         let pid = spawned.pid;
         let watched = crate::process::watch_pidfd(spawned.pidfd.try_clone().map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;

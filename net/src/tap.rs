@@ -5,6 +5,11 @@
 //! name (`-netdev tap,ifname=...`), and the device outlives both us and
 //! QEMU until the lease is released. Shell equivalent:
 //! `ip tuntap add dev NAME mode tap`.
+//!
+//! [`create_pending`] splits the two steps so that the caller can mark the
+//! device as its own (owner alias) before it becomes persistent: if the
+//! caller dies in between, the kernel removes the device with the closed
+//! descriptor, so no unmarked TAP is ever left behind.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -29,6 +34,31 @@ struct IfReq {
 /// of that name exists and is not a free TAP: the caller has checked that
 /// names it reuses are its own.
 pub fn create_persistent(name: &str) -> Result<(), Error> {
+    create_pending(name)?.persist()
+}
+
+/// A TAP that exists only while this value lives, until [`PendingTap::persist`].
+#[derive(Debug)]
+pub struct PendingTap {
+    name: String,
+    tun: std::fs::File,
+}
+
+impl PendingTap {
+    /// Makes the device outlive this process (TUNSETPERSIST).
+    pub fn persist(self) -> Result<(), Error> {
+        // SAFETY: TUNSETPERSIST takes an integer argument by value.
+        let r = unsafe { libc::ioctl(self.tun.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
+        if r < 0 {
+            return Err(Error::Tap { name: self.name, source: std::io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+}
+
+/// Creates the TAP `name`, not yet persistent: it vanishes when the
+/// returned value is dropped (or the process dies) unless persisted.
+pub fn create_pending(name: &str) -> Result<PendingTap, Error> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
         return Err(Error::Tap { name: name.into(), source: std::io::Error::from(std::io::ErrorKind::InvalidInput) });
     }
@@ -46,10 +76,5 @@ pub fn create_persistent(name: &str) -> Result<(), Error> {
     if r < 0 {
         return Err(Error::Tap { name: name.into(), source: std::io::Error::last_os_error() });
     }
-    // SAFETY: TUNSETPERSIST takes an integer argument by value.
-    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
-    if r < 0 {
-        return Err(Error::Tap { name: name.into(), source: std::io::Error::last_os_error() });
-    }
-    Ok(())
+    Ok(PendingTap { name: name.into(), tun })
 }

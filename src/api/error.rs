@@ -24,7 +24,7 @@ impl From<Error> for ApiError {
             Error::StartFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed", None),
             Error::BackendUnavailable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "backend_unavailable", Some("backend".to_string())),
             Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            Error::Unavailable(_) | Error::NotRecorded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Error::Control { .. } | Error::Store(_) | Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -23,6 +23,7 @@
 //! ```
 
 mod console;
+pub mod drain;
 mod upgrade;
 mod vsock;
 pub mod error;
@@ -45,6 +46,16 @@ use types::{RemoveQuery, ShutdownQuery, StartQuery, StopQuery};
 pub type AppState = Arc<Runtime>;
 
 pub fn router(runtime: Arc<Runtime>) -> Router {
+    routes(runtime)
+}
+
+/// The router with a bounded shutdown: when `drain` begins, waits in
+/// flight are answered and followers ended (`drain.rs`).
+pub fn router_with_drain(runtime: Arc<Runtime>, drain: drain::Drain) -> Router {
+    routes(runtime).layer(axum::middleware::from_fn_with_state(drain, drain::bounded))
+}
+
+fn routes(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/vms", get(list).post(create))

@@ -219,7 +219,11 @@ pub fn main() -> i32 {
             return EXIT_OTHER;
         }
     };
-    rt.block_on(run(cli))
+    let code = rt.block_on(run(cli));
+    // Blocking work still queued (a database write of a request that was
+    // cut off at shutdown) must not hold the exit past the daemon's bound.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 async fn run(cli: Cli) -> i32 {

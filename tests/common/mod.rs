@@ -71,6 +71,10 @@ pub struct Daemon {
     pub envs: Vec<(String, String)>,
     /// Run the daemon (and so its VMs' TAPs and rules) in this netns.
     pub netns: Option<String>,
+    /// A run dir other than `DIR/run` (e.g. inside another daemon's).
+    pub run_dir_at: Option<PathBuf>,
+    /// A state dir other than `DIR/state` (e.g. another daemon's).
+    pub state_dir_at: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -89,19 +93,28 @@ impl Daemon {
     }
 
     fn launch(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::unstarted(args, envs);
+        d.netns = netns.map(String::from);
+        d.spawn();
+        d
+    }
+
+    /// A daemon in fresh directories, not started yet (`spawn` starts it):
+    /// for tests that prepare its directories first.
+    pub fn unstarted(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         // Short path: unix socket paths are limited to 107 bytes.
         let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
         let socket = dir.path().join("run/paddock.sock");
-        let mut d = Daemon {
+        Daemon {
             client: Client::new(&socket),
             dir,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            netns: netns.map(String::from),
-        };
-        d.spawn();
-        d
+            netns: None,
+            run_dir_at: None,
+            state_dir_at: None,
+        }
     }
 
     /// `paddock serve` in this daemon's directories, behind `wrapper` (e.g.
@@ -146,10 +159,10 @@ impl Daemon {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state_dir_at.clone().unwrap_or_else(|| self.dir.path().join("state"))
     }
     pub fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
+        self.run_dir_at.clone().unwrap_or_else(|| self.dir.path().join("run"))
     }
 
     /// Spawns the daemon behind a wrapper argv (e.g. setpriv).
@@ -195,7 +208,7 @@ impl Daemon {
         let mut v: Vec<String> = std::fs::read_dir(self.run_dir())
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        v.retain(|n| n != "paddock.sock");
+        v.retain(|n| n != "paddock.sock" && n != paddock::dir_lock::LOCK_FILE);
         v.sort();
         v
     }
@@ -445,6 +458,11 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The rest of the stream, for reading it to its end.
+    pub fn into_body(self) -> hyper::body::Incoming {
+        self.body
+    }
+
     /// The next event matching `pred`; panics at the deadline.
     pub async fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Event {
         let deadline = Instant::now() + timeout;

@@ -10,6 +10,8 @@
 //!   exit=N          print an error to stderr and exit with code N at once
 //!   crash-after-ms=N  abort (SIGABRT) after N ms
 //!   panic-after-ms=N  emit GUEST_PANICKED, then exit, after N ms
+//!   fill=PATH       before serving, fill PATH's file system (write PATH
+//!                   until ENOSPC): the disk is full right after the spawn
 //! Without flags it behaves like a guest that boots instantly, prints
 //! PADDOCK-GUEST-READY on its console and powers off on ACPI.
 
@@ -31,6 +33,7 @@ struct Mode {
     exit: Option<i32>,
     crash_after_ms: Option<u64>,
     panic_after_ms: Option<u64>,
+    fill: Option<PathBuf>,
 }
 
 fn mode() -> Mode {
@@ -45,6 +48,7 @@ fn mode() -> Mode {
             "exit" => m.exit = v.parse().ok(),
             "crash-after-ms" => m.crash_after_ms = v.parse().ok(),
             "panic-after-ms" => m.panic_after_ms = v.parse().ok(),
+            "fill" => m.fill = Some(PathBuf::from(v)),
             _ => {}
         }
     }
@@ -85,6 +89,9 @@ async fn main() {
         eprintln!("fake-qemu: no -qmp unix: socket given");
         std::process::exit(1);
     };
+    if let Some(path) = &m.fill {
+        fill(path);
+    }
     let mut console = log.as_ref().and_then(|l| std::fs::OpenOptions::new().create(true).append(true).open(l).ok());
     let serial_l = serial.as_ref().and_then(|p| UnixListener::bind(p).ok());
     let listener = match UnixListener::bind(&qmp) {
@@ -148,6 +155,16 @@ async fn main() {
         let _ = std::fs::remove_file(s);
     }
     std::process::exit(code);
+}
+
+/// Writes `path` until its file system has no byte left.
+fn fill(path: &std::path::Path) {
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) else { return };
+    for chunk in [1 << 16, 1 << 12, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
 }
 
 async fn serve_qmp(s: UnixStream, m: Mode, events: broadcast::Sender<String>, exit: tokio::sync::mpsc::Sender<i32>) {

@@ -45,6 +45,8 @@ pub struct VmDeps {
     pub images: Arc<paddock_images::ImageCache>,
     /// Where VMs' own disks live (`STATE_DIR/vms/<name>`).
     pub state_dir: PathBuf,
+    /// Stamped on every hypervisor and run directory this supervisor makes.
+    pub instance: String,
 }
 
 pub struct VmArgs {
@@ -362,13 +364,40 @@ impl VmState {
         if let Err(e) = self.deps.store.set_phase(&self.name, &self.phase, self.generation).await {
             tracing::error!(vm = %self.name, error = %e, "cannot persist phase");
         }
+        self.announce_phase(message).await;
+        Ok(())
+    }
+
+    /// As `transition`, for a change that an answer reports: it is written
+    /// first and takes effect only once it is in the database (with the
+    /// confirmation of an `up`, when `confirm`). If a write fails, nothing
+    /// changes and the caller fails the request.
+    /// `what` says, for the error, what happened or did not.
+    async fn transition_durable(&mut self, ev: PhaseEvent, confirm: bool, what: &str) -> Result<()> {
+        let next = phase::next(&self.phase, &ev).map_err(|d| self.conflict(d.to_string()))?;
+        let generation = self.generation + 1;
+        let unrecorded = |e: crate::store::StoreError| self.not_recorded(what, &e);
+        self.deps.store.set_phase(&self.name, &next, generation).await.map_err(unrecorded)?;
+        if confirm {
+            self.deps.store.confirm(&self.name).await.map_err(unrecorded)?;
+        }
+        self.phase = next;
+        self.generation = generation;
+        self.announce_phase(None).await;
+        Ok(())
+    }
+
+    async fn announce_phase(&mut self, message: Option<String>) {
         tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
         self.deps
             .events
             .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, message)
             .await;
         self.post_board();
-        Ok(())
+    }
+
+    fn not_recorded(&self, what: &str, e: &dyn std::error::Error) -> Error {
+        Error::NotRecorded { name: self.name.clone(), what: what.to_string(), detail: error_chain(e) }
     }
 
     fn conflict(&self, message: impl Into<String>) -> Error {
@@ -420,7 +449,7 @@ impl VmState {
         };
         let spec = self.materialize_disks(lease.as_ref()).await?;
         let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
-        std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
+        self.make_run_dir()?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
         // stale once nobody listens on them (a hypervisor refuses to bind
@@ -430,7 +459,7 @@ impl VmState {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         self.backend.before_spawn(&spec, &self.paths)?;
-        let _ = self.transition(PhaseEvent::StartRequested).await;
+        self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
         let vsock_device = match self.start_vsock_device(&plan).await {
             Ok(d) => d,
             Err(reason) => {
@@ -438,7 +467,7 @@ impl VmState {
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
-        let spawned = match process::spawn(&plan) {
+        let spawned = match process::spawn(&plan, &self.deps.instance) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = vsock_device {
@@ -463,14 +492,35 @@ impl VmState {
         let run_id = match self.deps.store.record_run(&record).await {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::error!(vm = %self.name, pid, error = %e, "cannot record run");
-                None
+                // Never a hypervisor without a record: end it before answering.
+                tracing::error!(vm = %self.name, pid, error = %e, "cannot record run; killing the hypervisor");
+                kill_unrecorded(spawned).await;
+                if let Some(d) = vsock_device {
+                    d.stop(&self.name).await;
+                }
+                let reason = format!("cannot record the hypervisor run in the state database: {}", error_chain(&e));
+                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
+                return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
         crash_point!("start.after-run-recorded");
-        let (process, _) = Actor::spawn_linked(None, ProcessActor, ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) }, me.get_cell())
-            .await
-            .map_err(|e| Error::Unavailable(format!("process actor: {e}")))?;
+        // Kept to end the hypervisor if nothing can watch it (the actor
+        // system is shutting down): a failed start leaves nothing running.
+        let pidfd = spawned.pidfd.try_clone().ok();
+        let watch = ProcessArgs { vm: me.clone(), watch: Watch::Child(spawned) };
+        let process = match Actor::spawn_linked(None, ProcessActor, watch, me.get_cell()).await {
+            Ok((p, _)) => p,
+            Err(e) => {
+                tracing::error!(vm = %self.name, pid, error = %e, "cannot watch the hypervisor; killing it");
+                if let Some(fd) = &pidfd {
+                    let _ = process::pidfd_signal(fd, libc::SIGKILL);
+                }
+                if let Some(d) = vsock_device {
+                    d.stop(&self.name).await;
+                }
+                return Err(Error::Unavailable(format!("process actor: {e}")));
+            }
+        };
         let mut run = Run::new(pid, run_id, plan, process);
         run.vsock_device = vsock_device;
         self.run = Some(run);
@@ -489,6 +539,19 @@ impl VmState {
             old.stop(&self.name).await;
         }
         crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout).await.map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The VM's run directory, stamped with our instance. One that another
+    /// paddock made (a run dir of its own nested in ours) is refused.
+    fn make_run_dir(&self) -> Result<()> {
+        let dir = &self.paths.dir;
+        let stamp = dir.join(crate::recovery::DIR_STAMP);
+        if crate::recovery::dir_is_foreign(dir, &self.deps.instance) {
+            let reason = format!("{dir:?} belongs to another paddock; choose another VM name or run dir");
+            return Err(Error::StartFailed { name: self.name.clone(), reason });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+        crate::recovery::stamp_dir(dir, &self.deps.instance).map_err(|e| Error::io(format!("cannot write {stamp:?}"), e))
     }
 
     /// The overlay, data disk and seed of this VM, made (or found) on the
@@ -552,18 +615,26 @@ impl VmState {
     async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
         let Some(run) = self.run.as_mut() else { return };
         run.control_up = true;
+        let pid = run.pid;
         let need_console = run.console.is_none();
         if need_console {
             self.spawn_console(me).await;
         }
         if self.phase == VmPhase::Starting {
             crash_point!("start.before-running");
-            let _ = self.transition(PhaseEvent::Booted).await;
-            if self.rollback {
-                if let Err(e) = self.deps.store.confirm(&self.name).await {
-                    tracing::error!(vm = %self.name, error = %e, "cannot confirm the VM");
+            // The answer to up/start says "running": only once that (and,
+            // for an up, that the VM exists) is in the database.
+            if let Err(e) = self.transition_durable(PhaseEvent::Booted, true, "it booted, and was killed again").await {
+                let reason = e.to_string();
+                tracing::error!(vm = %self.name, pid, %reason, "start failed; killing the hypervisor");
+                if let Some(run) = self.run.as_mut() {
+                    run.start_failure = Some(reason);
+                    run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
                 }
+                self.finish_recovery();
+                return;
             }
+            crate::disks::data_disk_used(&crate::disks::vm_dir(&self.deps.state_dir, &self.name));
             self.rollback = false;
         }
         if status == GuestStatus::Paused && self.phase == VmPhase::Running {
@@ -574,7 +645,7 @@ impl VmState {
         if std::mem::take(&mut self.stop_after_adopt) {
             self.on_stop(me, Duration::ZERO, None, None).await;
         }
-        let no_pattern = self.ready_pattern.is_none();
+        let no_pattern = self.ready_pattern.is_none() || self.run.as_ref().is_some_and(|r| r.ready);
         let info = self.info();
         let waiters = std::mem::take(&mut self.start_waiters);
         for (wait, reply) in waiters {
@@ -589,7 +660,9 @@ impl VmState {
     fn on_control_failed(&mut self, error: String) {
         let Some(run) = self.run.as_mut() else { return };
         tracing::warn!(vm = %self.name, pid = run.pid, %error, "control channel failed");
-        if self.phase == VmPhase::Starting && self.recovered.is_none() {
+        // Also an adopted `up` that never booted (provisional): nothing
+        // acknowledged it, and its socket will not come back.
+        if self.phase == VmPhase::Starting && (self.recovered.is_none() || self.rollback) {
             // It never answered: nothing graceful is possible. Kill it; the
             // exit notice completes the failed start.
             run.start_failure = Some(error);
@@ -615,6 +688,11 @@ impl VmState {
         tracing::info!(vm = %self.name, "console ready");
         self.deps.events.publish(&self.name, EventKind::Ready, self.generation, None).await;
         self.post_board();
+        // A console can match before the boot is recorded; the answer
+        // waits for that (`on_control_up` gives it).
+        if self.phase == VmPhase::Starting {
+            return;
+        }
         let info = self.info();
         for (_, reply) in self.start_waiters.drain(..) {
             let _ = reply.send(Ok(info.clone()));
@@ -664,8 +742,17 @@ impl VmState {
         let uptime = run.started.elapsed();
         match self.phase.clone() {
             VmPhase::Stopping { .. } => {
-                let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
-                self.finish_stop(me, exit).await;
+                // The stop is answered as done only once it is recorded; if
+                // the write fails the VM is still stopped (the next start
+                // finds the process gone and records it then).
+                let unrecorded = match self.transition_durable(PhaseEvent::Exited { exit, failure }, false, "it stopped").await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
+                        Some(e)
+                    }
+                };
+                self.finish_stop(me, exit, unrecorded).await;
             }
             VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() || run.start_failure.is_some() => {
                 // Killed by us because control never answered, or ended by
@@ -837,11 +924,11 @@ impl VmState {
         }
         if !self.phase.is_active() {
             // A stop also cancels an automatic restart that is pending.
+            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
+                return self.refuse_unrecorded_stop(&e, reply, remove_after);
+            }
             self.restart_token += 1;
             self.restarts.reset();
-            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-                tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
-            }
             let outcome = StopOutcome { rung: None, exit: None, phase: self.phase.clone(), elapsed_ms: 0 };
             if let Some(r) = reply {
                 let _ = r.send(Ok(outcome));
@@ -852,7 +939,16 @@ impl VmState {
             return;
         }
         if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-            tracing::error!(vm = %self.name, error = %e, "cannot persist desired state");
+            return self.refuse_unrecorded_stop(&e, reply, remove_after);
+        }
+        if self.rollback {
+            // A stop during `up`: the caller of the stop is told it
+            // happened, so the VM is no longer the up's to roll back; it
+            // stays (stopped) and a restart must keep it.
+            if let Err(e) = self.deps.store.confirm(&self.name).await {
+                return self.refuse_unrecorded_stop(&e, reply, remove_after);
+            }
+            self.rollback = false;
         }
         crash_point!("stop.after-intent");
         let control_up = self.run.as_ref().is_some_and(|r| r.control_up);
@@ -878,6 +974,24 @@ impl VmState {
             remove_after,
         });
         self.act_rung(me, first).await;
+    }
+
+    /// A stop whose intent cannot be written is not started: a daemon
+    /// restart would otherwise bring the VM back up.
+    fn refuse_unrecorded_stop(
+        &self,
+        e: &crate::store::StoreError,
+        reply: Option<RpcReplyPort<Result<StopOutcome>>>,
+        remove_after: Option<RpcReplyPort<Result<()>>>,
+    ) {
+        let what = "not stopped";
+        tracing::error!(vm = %self.name, error = %error_chain(e), "stop refused: its intent cannot be recorded");
+        if let Some(r) = reply {
+            let _ = r.send(Err(self.not_recorded(what, e)));
+        }
+        if let Some(r) = remove_after {
+            let _ = r.send(Err(self.not_recorded(what, e)));
+        }
     }
 
     async fn act_rung(&mut self, me: &ActorRef<VmMessage>, rung: Rung) {
@@ -930,7 +1044,7 @@ impl VmState {
         }
     }
 
-    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo) {
+    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo, unrecorded: Option<Error>) {
         let Some(s) = self.stopping.take() else { return };
         let outcome = StopOutcome {
             rung: Some(s.rung),
@@ -940,7 +1054,14 @@ impl VmState {
         };
         tracing::info!(vm = %self.name, rung = s.rung.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
         for w in s.waiters {
-            let _ = w.send(Ok(outcome.clone()));
+            let r = match &unrecorded {
+                Some(Error::NotRecorded { name, what, detail }) => {
+                    Err(Error::NotRecorded { name: name.clone(), what: what.clone(), detail: detail.clone() })
+                }
+                Some(other) => Err(Error::Unavailable(other.to_string())),
+                None => Ok(outcome.clone()),
+            };
+            let _ = w.send(r);
         }
         if let Some(r) = s.remove_after {
             self.remove_now(me, r).await;
@@ -1076,11 +1197,8 @@ impl VmState {
     async fn delete_files_and_rows(&mut self) -> Result<()> {
         self.deps.store.set_desired(&self.name, Desired::Deleted).await?;
         crash_point!("rm.after-intent");
-        match std::fs::remove_dir_all(&self.paths.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {:?}", self.paths.dir), e)),
-        }
+        crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance)
+            .map_err(|e| Error::io(format!("cannot remove {:?}", self.paths.dir), e))?;
         crash_point!("rm.after-dir");
         crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), self.remove_volumes)?;
         self.deps.net.release(&self.name).await?;
@@ -1098,10 +1216,28 @@ impl VmState {
         me.stop(Some("removed".into()));
     }
 
-    /// Rolls back a failed `up`: nothing of the VM may remain.
+    /// Rolls back a failed `up`: nothing of the VM may remain. Every step
+    /// is tried even if an earlier one fails (a full state disk fails the
+    /// row writes, not the deletions): the VM was never acknowledged, so
+    /// its rows are still provisional and the next start deletes what is
+    /// left of them.
     async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
-        if let Err(e) = self.delete_files_and_rows().await {
-            tracing::error!(vm = %self.name, error = %e, "rollback of a failed up is incomplete");
+        let mut incomplete = Vec::new();
+        if let Err(e) = crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance) {
+            incomplete.push(format!("run directory: {e}"));
+        }
+        // A data disk this up made goes too (`disks::DATA_DISK_UNUSED`).
+        if let Err(e) = crate::disks::remove(&crate::disks::vm_dir(&self.deps.state_dir, &self.name), false) {
+            incomplete.push(error_chain(&e));
+        }
+        if let Err(e) = self.deps.net.release(&self.name).await {
+            incomplete.push(error_chain(&e));
+        }
+        if let Err(e) = self.deps.store.delete_vm(&self.name).await {
+            incomplete.push(error_chain(&e));
+        }
+        if !incomplete.is_empty() {
+            tracing::error!(vm = %self.name, errors = ?incomplete, "rollback of a failed up is incomplete; the next start finishes it");
         }
         self.forget(me).await;
     }
@@ -1144,6 +1280,18 @@ impl VmState {
             };
             let _ = reply.send(r);
         });
+    }
+}
+
+/// Ends a hypervisor we could not record, before the failed start is
+/// answered: nothing may run that the database does not know of.
+async fn kill_unrecorded(spawned: process::Spawned) {
+    let process::Spawned { mut child, pid, pidfd } = spawned;
+    if let Err(e) = process::pidfd_signal(&pidfd, libc::SIGKILL) {
+        tracing::debug!(pid, error = %e, "SIGKILL not delivered");
+    }
+    if tokio::time::timeout(RUNG_WAIT, child.wait()).await.is_err() {
+        tracing::error!(pid, "unrecorded hypervisor survives SIGKILL");
     }
 }
 
