@@ -17,6 +17,10 @@ pub struct ServeOptions {
     pub cloud_hypervisor_binary: PathBuf,
     pub control_timeout: Duration,
     pub net: paddock_actors::netmgr::NetConfig,
+    /// Timeouts and the connection cap of the API socket.
+    pub api: crate::api::server::ApiLimits,
+    /// Console log size bounds and event retention.
+    pub bounds: crate::Bounds,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -27,6 +31,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
+    cfg.bounds = opts.bounds.clone();
     let listener = bind(&opts.socket).await?;
     let runtime = match Runtime::start(cfg).await {
         Ok(r) => Arc::new(r),
@@ -55,13 +60,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             _ = rt2.exit_requested() => tracing::info!("shutdown requested through the API"),
         }
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    crate::api::server::serve(listener, app, opts.api.clone(), stop).await;
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(w) = watchdog {
         w.abort();
     }
     let _ = std::fs::remove_file(&opts.socket);
-    served.context("API server failed")?;
     // Leaves VMs running (their processes are in their own sessions).
     match Arc::try_unwrap(runtime) {
         Ok(rt) => rt.shutdown().await,

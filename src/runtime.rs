@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     pub control_timeout: Duration,
     /// Address pool and NAT for `network.mode = "tap"`.
     pub net: paddock_actors::netmgr::NetConfig,
+    /// Console log sizes (defaults; a spec may override) and event retention.
+    pub bounds: paddock_actors::Bounds,
 }
 
 impl RuntimeConfig {
@@ -42,6 +44,7 @@ impl RuntimeConfig {
             cloud_hypervisor_binary: PathBuf::from("cloud-hypervisor"),
             control_timeout: Duration::from_secs(10),
             net: paddock_actors::netmgr::NetConfig::default(),
+            bounds: paddock_actors::Bounds::default(),
         }
     }
 }
@@ -73,7 +76,10 @@ impl Runtime {
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
-        let events = EventBus::new(store.clone());
+        let events = EventBus::with_retention(store.clone(), config.bounds.events);
+        // A history grown while no daemon ran (or under other bounds) is
+        // trimmed before anyone replays it.
+        events.prune().await;
         let net = Arc::new(paddock_actors::netmgr::NetManager::new(config.net.clone(), store.clone()));
         let images = Arc::new(
             paddock_images::ImageCache::open(config.state_dir.join("images"), paddock_images::CacheOptions::default())
@@ -95,6 +101,7 @@ impl Runtime {
             net: net.clone(),
             images: images.clone(),
             state_dir: config.state_dir.clone(),
+            console_log: config.bounds.console_log,
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -107,7 +114,9 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
-        // The reaper runs once in recovery, then every minute.
+        // The reaper runs once in recovery, then every minute, with the
+        // event retention.
+        let bus = events.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.tick().await;
@@ -116,6 +125,7 @@ impl Runtime {
                 if let Err(e) = net.reap().await {
                     tracing::warn!(error = %e, "network reaper failed");
                 }
+                bus.prune().await;
             }
         });
         Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images })
@@ -162,16 +172,17 @@ impl Runtime {
         self.registry
             .cast(RegistryMessage::Create { spec: Box::new(spec), wait, reply: tx.into() })
             .map_err(|_| gone())?;
-        await_reply(rx, timeout + MARGIN, "up").await
+        await_reply(rx, timeout.saturating_add(MARGIN), "up").await
     }
 
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
-        self.route(name, timeout + MARGIN, |reply| VmMessage::Start { wait, rollback: false, reply }).await
+        self.route(name, timeout.saturating_add(MARGIN), |reply| VmMessage::Start { wait, rollback: false, reply }).await
     }
 
     /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.
     pub async fn stop(&self, name: &str, graceful: Duration) -> Result<StopOutcome> {
-        let budget = graceful + paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
+        // Saturating: an embedder may pass Duration::MAX for "no limit".
+        let budget = graceful.saturating_add(paddock_actors::vm::RUNG_WAIT * 3 + MARGIN);
         self.route(name, budget, |reply| VmMessage::Stop { graceful, reply }).await
     }
 

@@ -15,6 +15,7 @@
 pub mod accel;
 pub mod backend;
 pub mod board;
+pub mod bounds;
 pub mod cloud_hypervisor;
 pub mod console;
 pub mod control;
@@ -35,6 +36,7 @@ pub mod vm;
 
 pub use backend::{Backend, RunPaths};
 pub use board::{StatusBoard, VmInfo};
+pub use bounds::{Bounds, ConsoleLogLimits, ConsoleLogSpec, EventRetention};
 pub use console::{ConsoleAttach, ConsoleFollow};
 pub use error::{Error, Result, SpecError};
 pub use events::{Event, EventBus, EventKind};

@@ -77,6 +77,8 @@ pub struct RegistryArgs {
     pub net: Arc<crate::netmgr::NetManager>,
     pub images: Arc<paddock_images::ImageCache>,
     pub state_dir: PathBuf,
+    /// The daemon's console log bounds (a spec may override them).
+    pub console_log: crate::bounds::ConsoleLogLimits,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -106,6 +108,7 @@ impl Actor for RegistryActor {
             net: a.net,
             images: a.images,
             state_dir: a.state_dir,
+            console_log: a.console_log,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();

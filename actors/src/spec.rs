@@ -47,6 +47,9 @@ pub struct VmSpec {
     /// A cloud-init NoCloud seed, attached read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInitSpec>,
+    /// Bounds of this VM's console files, over the daemon's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<crate::bounds::ConsoleLogSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +276,9 @@ impl VmSpec {
     /// the backend's `prepare`, which knows which ones it needs.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
+        if let Some(c) = &self.console_log {
+            crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
+        }
         if self.vcpus == 0 || self.vcpus > 255 {
             return Err(SpecError::new("vcpus", format!("must be between 1 and 255 (got {})", self.vcpus)));
         }

@@ -7,6 +7,7 @@
 
 mod console;
 mod images;
+mod limits;
 mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -80,6 +81,8 @@ enum Command {
         /// `off`, or an interface name.
         #[arg(long, default_value = "any")]
         masquerade: String,
+        #[command(flatten)]
+        limits: limits::LimitArgs,
     },
     /// Create a VM from a TOML spec file and boot it.
     Up {
@@ -187,7 +190,7 @@ async fn run(cli: Cli) -> i32 {
     let client = Client::new(&cli.socket);
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, control_timeout_ms, net_pool, masquerade } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, control_timeout_ms, net_pool, masquerade, limits } => {
             let pool = match net_pool.parse::<paddock_net::Pool>() {
                 Ok(p) => p,
                 Err(e) => {
@@ -208,6 +211,8 @@ async fn run(cli: Cli) -> i32 {
                 qemu_binary,
                 cloud_hypervisor_binary,
                 control_timeout: Duration::from_millis(control_timeout_ms),
+                api: limits.api(),
+                bounds: limits.bounds(),
             };
             return match crate::daemon::serve(opts).await {
                 Ok(()) => 0,
@@ -302,6 +307,8 @@ async fn run(cli: Cli) -> i32 {
                         for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                             if let Ok(ev) = serde_json::from_slice::<crate::Event>(line) {
                                 let _ = writeln!(out, "{}", table::event(&ev));
+                            } else if let Ok(l) = serde_json::from_slice::<crate::api::events::LaggedLine>(line) {
+                                let _ = writeln!(out, "-- {} --", l.lagged.message);
                             }
                         }
                     }

@@ -45,6 +45,8 @@ pub struct VmDeps {
     pub images: Arc<paddock_images::ImageCache>,
     /// Where VMs' own disks live (`STATE_DIR/vms/<name>`).
     pub state_dir: PathBuf,
+    /// The daemon's console log bounds (a spec may override them).
+    pub console_log: crate::bounds::ConsoleLogLimits,
 }
 
 pub struct VmArgs {
