@@ -26,6 +26,8 @@ pub struct ServeOptions {
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    // Nothing the daemon creates is for other users (see private_dir.rs).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
     let mut cfg = RuntimeConfig::new(&opts.state_dir, &opts.run_dir);
     cfg.qemu_binary = opts.qemu_binary.clone();
     cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();

@@ -71,7 +71,9 @@ impl Runtime {
     /// starts the supervision tree.
     pub async fn start(config: RuntimeConfig) -> Result<Runtime> {
         for dir in [&config.state_dir, &config.run_dir] {
-            create_private_dir(dir)?;
+            paddock_actors::private_dir::ensure_private_dir(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+            // Made by an older version, or by hand: other users lose access.
+            paddock_actors::private_dir::tighten_tree(dir);
         }
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -274,13 +276,4 @@ async fn await_reply<T>(rx: tokio::sync::oneshot::Receiver<Result<T>>, timeout: 
         Ok(Err(_)) => Err(Error::Unavailable(format!("request for {what} was dropped"))),
         Err(_) => Err(Error::Timeout { what: format!("request for {what}"), timeout_ms: timeout.as_millis() as u64 }),
     }
-}
-
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(format!("cannot create {dir:?}"), e))
 }

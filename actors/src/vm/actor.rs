@@ -412,7 +412,7 @@ impl VmState {
         };
         let spec = self.materialize_disks(lease.as_ref()).await?;
         let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
-        std::fs::create_dir_all(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
+        crate::private_dir::ensure_private_dir(&self.paths.dir).map_err(|e| Error::io(format!("cannot create {:?}", self.paths.dir), e))?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
         // stale once nobody listens on them (a hypervisor refuses to bind
@@ -504,7 +504,12 @@ impl VmState {
 
     async fn spawn_console(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ConsoleArgs { vm: me.clone(), paths: self.paths.clone(), ready_pattern: self.ready_pattern.clone() };
+        let args = ConsoleArgs {
+            vm: me.clone(),
+            paths: self.paths.clone(),
+            ready_pattern: self.ready_pattern.clone(),
+            limits: self.deps.console_log.with(self.spec.console_log.as_ref()),
+        };
         match Actor::spawn_linked(None, ConsoleActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.console = Some(c);
