@@ -239,6 +239,12 @@ impl Runtime {
         self.events.publish(subject, paddock_actors::EventKind::Note, 0, Some(message)).await;
     }
 
+    /// Recorded events above `since` as NDJSON (at most `limit`), with the
+    /// last one's seq (None: no more).
+    pub async fn event_lines_since(&self, since: u64, limit: u32) -> Result<(Vec<u8>, Option<u64>)> {
+        Ok(self.events.store().event_lines_since(since, limit).await?)
+    }
+
     /// Recorded events with a sequence number above `since`.
     pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<Event>> {
         Ok(self.events.store().events_since(since, limit).await?)

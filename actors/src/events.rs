@@ -112,3 +112,25 @@ impl EventBus {
         ev
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn retention_runs_after_a_batch_of_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let bus = EventBus::with_retention(store.clone(), EventRetention { max_count: 10, max_age: Duration::from_secs(3600) });
+        for _ in 0..PRUNE_EVERY {
+            bus.publish("v", EventKind::Note, 0, None).await;
+        }
+        // The batch's prune runs in the background: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.event_count().await.unwrap() != 10 {
+            assert!(Instant::now() < deadline, "not trimmed after {PRUNE_EVERY} writes");
+            tokio::task::yield_now().await;
+        }
+    }
+}

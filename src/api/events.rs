@@ -74,25 +74,21 @@ impl Replay {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if self.from_history {
-                let page = match self.rt.events_since(self.last, PAGE).await {
+                let (page, last) = match self.rt.event_lines_since(self.last, PAGE).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the event history");
                         return None;
                     }
                 };
-                if page.is_empty() {
+                let Some(last) = last else {
                     // Caught up: live from here (or the end of a replay).
                     self.live.as_ref()?;
                     self.from_history = false;
                     continue;
-                }
-                let mut out = Vec::with_capacity(page.len() * 160);
-                for ev in &page {
-                    push_line(&mut out, ev);
-                }
-                self.last = page.last().map_or(self.last, |e| e.seq);
-                return Some(Bytes::from(out));
+                };
+                self.last = last;
+                return Some(Bytes::from(page));
             }
             let live = self.live.as_mut()?;
             match live.recv().await {
