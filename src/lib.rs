@@ -19,7 +19,7 @@ mod runtime;
 
 pub use paddock_actors::spec;
 pub use paddock_actors::{
-    Bounds, ConsoleAttach, ConsoleFollow, ConsoleLogLimits, Error, Event, EventKind, EventRetention, ExitInfo, Result, Rung, SpecError,
+    Bounds, ConsoleAttach, ConsoleFollow, ConsoleLogLimits, ConsoleLogSpec, Error, Event, EventKind, EventRetention, ExitInfo, Result, Rung, SpecError,
     StopOutcome, VmInfo, VmPhase,
     VmSpec, WaitFor,
 };

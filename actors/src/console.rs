@@ -5,22 +5,26 @@
 //! is down. This actor tails that file (`console_log::LogTail`, which also
 //! keeps it bounded by copy-truncate rotation) into a 256 KiB ring buffer,
 //! fans it out to any number of followers, watches for the readiness
-//! pattern, and holds the serial socket for the one interactive writer.
+//! pattern, and connects the serial socket for the one interactive writer.
 //! The file is the single source of output, so followers never see a byte
 //! twice or out of order.
 //!
 //! The file is followed with inotify, woken at most every `COALESCE`
 //! (a guest printing in a loop costs a few reads a second, not one per
 //! write), with a slow poll as a safety net and as the fallback where
-//! inotify is unavailable. What QEMU also sends on the serial socket is
-//! drained and dropped at the same pace.
+//! inotify is unavailable.
+//!
+//! The serial socket is connected only while a writer is attached. QEMU
+//! copies every output byte to a connected client, one write per byte; a
+//! client that reads slowly stalls the guest's serial port (and so the
+//! log), one that reads promptly costs a wake-up per byte. With nobody
+//! connected QEMU drops the socket copy and still writes the log.
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use regex::Regex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
@@ -58,7 +62,8 @@ pub enum ConsoleMessage {
     Follow(RpcReplyPort<ConsoleFollow>),
     /// Fails when another writer is attached.
     Attach(RpcReplyPort<Result<ConsoleAttach, String>>),
-    Detached(Option<OwnedWriteHalf>),
+    /// The writer's session ended; the socket is closed.
+    Detached,
 }
 
 pub struct ConsoleActor;
@@ -75,12 +80,13 @@ pub struct ConsoleState {
     vm: ActorRef<VmMessage>,
     ring: Ring,
     live: broadcast::Sender<Bytes>,
-    writer: Option<OwnedWriteHalf>,
+    serial_socket: std::path::PathBuf,
     attached: bool,
     pattern: Option<Regex>,
     partial: Vec<u8>,
     ready_sent: bool,
     pump: tokio::task::JoinHandle<()>,
+    /// Reads (and drops) the socket's copy of the output while attached.
     drain: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -98,19 +104,8 @@ impl Actor for ConsoleActor {
             .map_err(|e| format!("cannot read {:?}: {e}", args.paths.console_log))?;
         let tail = LogTail::open(&args.paths.console_log, offset, args.limits)
             .map_err(|e| format!("cannot open {:?}: {e}", args.paths.console_log))?;
-        let (reader, writer) = match UnixStream::connect(&args.paths.serial_socket).await {
-            Ok(s) => {
-                let (r, w) = s.into_split();
-                (Some(r), Some(w))
-            }
-            Err(e) => {
-                tracing::warn!(path = ?args.paths.serial_socket, error = %e, "serial socket unavailable; console is read-only");
-                (None, None)
-            }
-        };
         let watch = FileWatch::new(&args.paths.console_log);
         let pump = tokio::spawn(pump(tail, watch, me.clone()));
-        let drain = reader.map(|r| tokio::spawn(drain_socket(r)));
         // Slots are allocated up front; followers that fall further behind
         // than this skip ahead rather than slow the console.
         let (live, _) = broadcast::channel(64);
@@ -118,13 +113,13 @@ impl Actor for ConsoleActor {
             vm: args.vm,
             ring: Ring::new(RING_BYTES),
             live,
-            writer,
+            serial_socket: args.paths.serial_socket.clone(),
             attached: false,
             pattern: args.ready_pattern,
             partial: Vec::new(),
             ready_sent: false,
             pump,
-            drain,
+            drain: None,
         };
         st.take_output(&backlog);
         Ok(st)
@@ -149,28 +144,34 @@ impl Actor for ConsoleActor {
                     let _ = reply.send(Err("another session is attached to this console; detach it first".into()));
                     return Ok(());
                 }
-                let Some(mut writer) = st.writer.take() else {
-                    let _ = reply.send(Err("the serial socket is not connected".into()));
-                    return Ok(());
+                let (reader, mut writer) = match UnixStream::connect(&st.serial_socket).await {
+                    Ok(sock) => sock.into_split(),
+                    Err(e) => {
+                        tracing::warn!(path = ?st.serial_socket, error = %e, "cannot connect the serial socket");
+                        let _ = reply.send(Err(format!("the serial socket is not available ({e}); the console is read-only")));
+                        return Ok(());
+                    }
                 };
                 st.attached = true;
+                st.drain = Some(tokio::spawn(drain_socket(reader)));
                 let (tx, mut rx) = mpsc::channel::<Bytes>(64);
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let mut ok = true;
                     while let Some(data) = rx.recv().await {
                         if writer.write_all(&data).await.is_err() {
-                            ok = false;
                             break;
                         }
                     }
-                    let _ = me.cast(ConsoleMessage::Detached(ok.then_some(writer)));
+                    let _ = me.cast(ConsoleMessage::Detached);
                 });
                 let _ = reply.send(Ok(ConsoleAttach { follow: st.follow(), input: tx }));
             }
-            ConsoleMessage::Detached(writer) => {
+            ConsoleMessage::Detached => {
                 st.attached = false;
-                st.writer = writer;
+                // Closing the socket: QEMU stops sending its copy.
+                if let Some(d) = st.drain.take() {
+                    d.abort();
+                }
             }
         }
         Ok(())
@@ -248,15 +249,14 @@ async fn pump(mut tail: LogTail, mut watch: Option<FileWatch>, me: ActorRef<Cons
     }
 }
 
-/// QEMU also sends console output to the connected serial socket; it must
-/// be read (a full socket would stall the guest's serial port) but the
-/// file is the source, so it is dropped, in large reads at a slow pace.
+/// QEMU sends console output to the connected serial socket too; it must
+/// be read promptly (a full socket stalls the guest's serial port) but the
+/// file is the source, so it is dropped.
 async fn drain_socket(mut socket: tokio::net::unix::OwnedReadHalf) {
     let mut discard = vec![0u8; 16 * 1024];
-    loop {
-        match socket.read(&mut discard).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => tokio::time::sleep(COALESCE).await,
+    while let Ok(n) = socket.read(&mut discard).await {
+        if n == 0 {
+            return;
         }
     }
 }
