@@ -33,7 +33,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
-    cfg.bounds = opts.bounds.clone();
+    cfg.bounds = opts.bounds;
     let listener = bind(&opts.socket).await?;
     let runtime = match Runtime::start(cfg).await {
         Ok(r) => Arc::new(r),

@@ -230,6 +230,7 @@ pub fn read_tail(live: &Path, files: u32, want: usize) -> std::io::Result<(Vec<u
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;

@@ -114,6 +114,7 @@ impl EventBus {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};

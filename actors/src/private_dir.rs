@@ -63,6 +63,7 @@ fn tighten(path: &Path, want: u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -78,6 +78,7 @@ pub fn check_seq(field: &str, seq: Option<u64>) -> Result<(), ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::super::types::{EventsQuery, StartQuery};
     use super::*;
