@@ -294,6 +294,19 @@ mod tests {
     }
 
     #[test]
+    fn a_file_grown_while_no_daemon_ran_keeps_its_newest_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("console.log");
+        let written: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&live, &written).unwrap();
+        // A restarted console starts at the end (its backlog came from read_tail).
+        let mut t = LogTail::open(&live, written.len() as u64, limits(64 * 1024, 2)).unwrap();
+        assert!(collect(&mut t).is_empty(), "nothing new to deliver");
+        assert_eq!(std::fs::read(rotated(&live, 1)).unwrap(), written[written.len() - 64 * 1024..]);
+        assert_eq!(std::fs::metadata(&live).unwrap().len(), 0);
+    }
+
+    #[test]
     fn a_truncated_file_is_read_again_from_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("console.log");
