@@ -87,3 +87,26 @@ pub struct Bounds {
     pub console_log: ConsoleLogLimits,
     pub events: EventRetention,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_console_bounds_name_the_field() {
+        let e = ConsoleLogLimits::check(Some(1024), None, "console_log").unwrap_err();
+        assert_eq!(e.field, "console_log.max_bytes");
+        let e = ConsoleLogLimits::check(None, Some(0), "console_log").unwrap_err();
+        assert_eq!(e.field, "console_log.files");
+        assert!(ConsoleLogLimits::check(Some(MIN_CONSOLE_LOG_BYTES), Some(MAX_CONSOLE_LOG_FILES), "console_log").is_ok());
+    }
+
+    #[test]
+    fn a_spec_overrides_only_what_it_sets() {
+        let d = ConsoleLogLimits::default();
+        assert_eq!(d.with(None), d);
+        let s = ConsoleLogSpec { max_bytes: Some(1 << 20), files: None };
+        assert_eq!(d.with(Some(&s)), ConsoleLogLimits { max_bytes: 1 << 20, files: DEFAULT_CONSOLE_LOG_FILES });
+    }
+}
