@@ -27,17 +27,24 @@ pub struct ServeOptions {
     pub vsock_device_binary: PathBuf,
     pub control_timeout: Duration,
     pub net: paddock_actors::netmgr::NetConfig,
+    /// Timeouts and the connection cap of the API socket.
+    pub api: crate::api::server::ApiLimits,
+    /// Console log size bounds and event retention.
+    pub bounds: crate::Bounds,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    // Nothing the daemon creates is for other users (see private_dir.rs).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
     let mut cfg = RuntimeConfig::new(&opts.state_dir, &opts.run_dir);
     cfg.qemu_binary = opts.qemu_binary.clone();
     cfg.cloud_hypervisor_binary = opts.cloud_hypervisor_binary.clone();
     cfg.vsock_device_binary = opts.vsock_device_binary.clone();
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
+    cfg.bounds = opts.bounds;
     let listener = bind(&opts.socket).await?;
     let runtime = match Runtime::start(cfg).await {
         Ok(r) => Arc::new(r),
@@ -71,23 +78,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         // graceful shutdown below has nothing left to wait for.
         drain2.begin();
     };
-    let serve = std::future::IntoFuture::into_future(axum::serve(listener, app).with_graceful_shutdown(stop));
-    tokio::pin!(serve);
-    // The bound holds even against a client that never reads its last line.
-    let served = tokio::select! {
-        r = &mut serve => r,
-        _ = async { drain.begun().await; tokio::time::sleep(API_DRAIN_BOUND).await } => {
-            tracing::warn!(bound_ms = API_DRAIN_BOUND.as_millis() as u64, "connections still open at the shutdown bound; closing them");
-            Ok(())
-        }
-    };
+    // The bound holds even against a client that never reads its last
+    // line: open connections get API_DRAIN_BOUND once followers are ended.
+    let mut api = opts.api.clone();
+    api.shutdown_grace = api.shutdown_grace.min(API_DRAIN_BOUND);
+    crate::api::server::serve(listener, app, api, stop).await;
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(w) = watchdog {
         w.abort();
         let _ = w.await;
     }
     let _ = std::fs::remove_file(&opts.socket);
-    served.context("API server failed")?;
     // Leaves VMs running (their processes are in their own sessions).
     match Arc::try_unwrap(runtime) {
         Ok(rt) => {

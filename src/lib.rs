@@ -20,7 +20,8 @@ mod runtime;
 
 pub use paddock_actors::spec;
 pub use paddock_actors::{
-    ConsoleAttach, ConsoleFollow, Error, Event, EventKind, ExitInfo, Result, Rung, SpecError, StopOutcome, VmInfo, VmPhase,
+    Bounds, ConsoleAttach, ConsoleFollow, ConsoleLogLimits, ConsoleLogSpec, Error, Event, EventKind, EventRetention, ExitInfo, Result, Rung, SpecError,
+    StopOutcome, VmInfo, VmPhase,
     VmSpec, WaitFor,
 };
 pub use runtime::{Runtime, RuntimeConfig};

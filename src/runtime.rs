@@ -37,6 +37,8 @@ pub struct RuntimeConfig {
     pub control_timeout: Duration,
     /// Address pool and NAT for `network.mode = "tap"`.
     pub net: paddock_actors::netmgr::NetConfig,
+    /// Console log sizes (defaults; a spec may override) and event retention.
+    pub bounds: paddock_actors::Bounds,
 }
 
 impl RuntimeConfig {
@@ -49,6 +51,7 @@ impl RuntimeConfig {
             vsock_device_binary: PathBuf::from("vhost-device-vsock"),
             control_timeout: Duration::from_secs(10),
             net: paddock_actors::netmgr::NetConfig::default(),
+            bounds: paddock_actors::Bounds::default(),
         }
     }
 }
@@ -61,7 +64,7 @@ const MARGIN: Duration = Duration::from_secs(10);
 fn start_budget(wait: WaitFor, timeout: Duration) -> Duration {
     match wait {
         WaitFor::Ready => timeout,
-        WaitFor::Running => timeout + MARGIN,
+        WaitFor::Running => timeout.saturating_add(MARGIN),
     }
 }
 
@@ -87,14 +90,19 @@ impl Runtime {
     /// starts the supervision tree.
     pub async fn start(config: RuntimeConfig) -> Result<Runtime> {
         for dir in [&config.state_dir, &config.run_dir] {
-            create_private_dir(dir)?;
+            paddock_actors::private_dir::ensure_private_dir(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+            // Made by an older version, or by hand: other users lose access.
+            paddock_actors::private_dir::tighten_tree(dir);
         }
         let locks = [lock(&config.state_dir)?, lock(&config.run_dir)?];
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
         let instance = store.instance_id().await?;
-        let events = EventBus::new(store.clone());
+        let events = EventBus::with_retention(store.clone(), config.bounds.events);
+        // A history grown while no daemon ran (or under other bounds) is
+        // trimmed before anyone replays it.
+        events.prune().await;
         let net = Arc::new(paddock_actors::netmgr::NetManager::new(config.net.clone(), store.clone()));
         let images = Arc::new(
             paddock_images::ImageCache::open(config.state_dir.join("images"), paddock_images::CacheOptions::default())
@@ -117,6 +125,7 @@ impl Runtime {
             images: images.clone(),
             state_dir: config.state_dir.clone(),
             instance,
+            console_log: config.bounds.console_log,
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -129,7 +138,9 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
-        // The reaper runs once in recovery, then every minute.
+        // The reaper runs once in recovery, then every minute, with the
+        // event retention.
+        let bus = events.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.tick().await;
@@ -138,6 +149,7 @@ impl Runtime {
                 if let Err(e) = net.reap().await {
                     tracing::warn!(error = %e, "network reaper failed");
                 }
+                bus.prune().await;
             }
         });
         Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, _locks: locks })
@@ -193,7 +205,8 @@ impl Runtime {
 
     /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.
     pub async fn stop(&self, name: &str, graceful: Duration) -> Result<StopOutcome> {
-        let budget = graceful + paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
+        // Saturating: an embedder may pass Duration::MAX for "no limit".
+        let budget = graceful.saturating_add(paddock_actors::vm::RUNG_WAIT * 3 + MARGIN);
         self.route(name, budget, |reply| VmMessage::Stop { graceful, reply }).await
     }
 
@@ -281,6 +294,12 @@ impl Runtime {
         self.events.publish(subject, paddock_actors::EventKind::Note, 0, Some(message)).await;
     }
 
+    /// Recorded events above `since` as NDJSON (at most `limit`), with the
+    /// last one's seq (None: no more).
+    pub async fn event_lines_since(&self, since: u64, limit: u32) -> Result<(Vec<u8>, Option<u64>)> {
+        Ok(self.events.store().event_lines_since(since, limit).await?)
+    }
+
     /// Recorded events with a sequence number above `since`.
     pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<Event>> {
         Ok(self.events.store().events_since(since, limit).await?)
@@ -330,11 +349,3 @@ fn lock(dir: &std::path::Path) -> Result<crate::dir_lock::DirLock> {
     })
 }
 
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(format!("cannot create {dir:?}"), e))
-}

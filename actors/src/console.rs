@@ -2,30 +2,47 @@
 //!
 //! The hypervisor writes every byte of serial output to console.log itself
 //! (QEMU's chardev `logfile=`), so the log has no gap while the supervisor
-//! is down. This actor tails that file into a 256 KiB ring buffer, fans it
-//! out to any number of followers, watches for the readiness pattern, and
-//! holds the serial socket for the one interactive writer. Data arriving on
-//! the socket is only a wake-up: the file is the single source of output,
-//! so followers never see a byte twice or out of order.
+//! is down. This actor tails that file (`console_log::LogTail`, which also
+//! keeps it bounded by copy-truncate rotation) into a 256 KiB ring buffer,
+//! fans it out to any number of followers, watches for the readiness
+//! pattern, and connects the serial socket for the one interactive writer.
+//! The file is the single source of output, so followers never see a byte
+//! twice or out of order.
+//!
+//! The file is followed with inotify, woken at most every `COALESCE`
+//! (a guest printing in a loop costs a few reads a second, not one per
+//! write), with a slow poll as a safety net and as the fallback where
+//! inotify is unavailable.
+//!
+//! The serial socket is connected only while a writer is attached. QEMU
+//! copies every output byte to a connected client, one write per byte; a
+//! client that reads slowly stalls the guest's serial port (and so the
+//! log), one that reads promptly costs a wake-up per byte. With nobody
+//! connected QEMU drops the socket copy and still writes the log.
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use regex::Regex;
-use std::io::SeekFrom;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::backend::RunPaths;
+use crate::bounds::ConsoleLogLimits;
+use crate::console_log::{read_tail, LogTail};
+use crate::file_watch::FileWatch;
 use crate::ring::Ring;
 use crate::vm::VmMessage;
 
 pub const RING_BYTES: usize = 256 * 1024;
-/// Without socket traffic the log is still polled this often (QEMU writes
-/// the log just after the socket, so a wake-up can come a moment early).
-const TICK: Duration = Duration::from_millis(100);
+/// After a wake-up the log is read, then the pump rests this long so that
+/// a flood of writes is read in a few large reads.
+const COALESCE: Duration = Duration::from_millis(50);
+/// Safety net: the log is read this often even without a notification.
+const SLOW_POLL: Duration = Duration::from_secs(2);
+/// Where inotify is unavailable (e.g. out of watches), poll this often.
+const FALLBACK_POLL: Duration = Duration::from_millis(250);
 const MAX_PARTIAL_LINE: usize = 4096;
 
 /// What a follower gets: everything in the ring, then live output.
@@ -45,7 +62,8 @@ pub enum ConsoleMessage {
     Follow(RpcReplyPort<ConsoleFollow>),
     /// Fails when another writer is attached.
     Attach(RpcReplyPort<Result<ConsoleAttach, String>>),
-    Detached(Option<OwnedWriteHalf>),
+    /// The writer's session ended; the socket is closed.
+    Detached,
 }
 
 pub struct ConsoleActor;
@@ -54,18 +72,22 @@ pub struct ConsoleArgs {
     pub vm: ActorRef<VmMessage>,
     pub paths: RunPaths,
     pub ready_pattern: Option<Regex>,
+    /// Bounds of console.log and its rotations.
+    pub limits: ConsoleLogLimits,
 }
 
 pub struct ConsoleState {
     vm: ActorRef<VmMessage>,
     ring: Ring,
     live: broadcast::Sender<Bytes>,
-    writer: Option<OwnedWriteHalf>,
+    serial_socket: std::path::PathBuf,
     attached: bool,
     pattern: Option<Regex>,
     partial: Vec<u8>,
     ready_sent: bool,
     pump: tokio::task::JoinHandle<()>,
+    /// Reads (and drops) the socket's copy of the output while attached.
+    drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for ConsoleActor {
@@ -74,30 +96,16 @@ impl Actor for ConsoleActor {
     type Arguments = ConsoleArgs;
 
     async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ConsoleArgs) -> Result<ConsoleState, ActorProcessingErr> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .open(&args.paths.console_log)
-            .await
+        let log = args.paths.console_log.clone();
+        // Start with the newest output (across a rotation), so a restarted
+        // console (or a restarted supervisor) still has a backlog.
+        let (backlog, offset) = tokio::task::spawn_blocking(move || read_tail(&log, args.limits.files, RING_BYTES))
+            .await?
+            .map_err(|e| format!("cannot read {:?}: {e}", args.paths.console_log))?;
+        let tail = LogTail::open(&args.paths.console_log, offset, args.limits)
             .map_err(|e| format!("cannot open {:?}: {e}", args.paths.console_log))?;
-        let len = file.metadata().await?.len();
-        // Start with the newest part of the log, so a restarted console
-        // (or a restarted supervisor) still has a backlog.
-        let start = len.saturating_sub(RING_BYTES as u64);
-        file.seek(SeekFrom::Start(start)).await?;
-        let mut backlog = Vec::new();
-        (&mut file).take(len - start).read_to_end(&mut backlog).await?;
-        let (reader, writer) = match UnixStream::connect(&args.paths.serial_socket).await {
-            Ok(s) => {
-                let (r, w) = s.into_split();
-                (Some(r), Some(w))
-            }
-            Err(e) => {
-                tracing::warn!(path = ?args.paths.serial_socket, error = %e, "serial socket unavailable; console is read-only");
-                (None, None)
-            }
-        };
-        let offset = start + backlog.len() as u64;
-        let pump = tokio::spawn(pump(file, offset, reader, me.clone()));
+        let watch = FileWatch::new(&args.paths.console_log);
+        let pump = tokio::spawn(pump(tail, watch, me.clone()));
         // Slots are allocated up front; followers that fall further behind
         // than this skip ahead rather than slow the console.
         let (live, _) = broadcast::channel(64);
@@ -105,12 +113,13 @@ impl Actor for ConsoleActor {
             vm: args.vm,
             ring: Ring::new(RING_BYTES),
             live,
-            writer,
+            serial_socket: args.paths.serial_socket.clone(),
             attached: false,
             pattern: args.ready_pattern,
             partial: Vec::new(),
             ready_sent: false,
             pump,
+            drain: None,
         };
         st.take_output(&backlog);
         Ok(st)
@@ -135,28 +144,34 @@ impl Actor for ConsoleActor {
                     let _ = reply.send(Err("another session is attached to this console; detach it first".into()));
                     return Ok(());
                 }
-                let Some(mut writer) = st.writer.take() else {
-                    let _ = reply.send(Err("the serial socket is not connected".into()));
-                    return Ok(());
+                let (reader, mut writer) = match UnixStream::connect(&st.serial_socket).await {
+                    Ok(sock) => sock.into_split(),
+                    Err(e) => {
+                        tracing::warn!(path = ?st.serial_socket, error = %e, "cannot connect the serial socket");
+                        let _ = reply.send(Err(format!("the serial socket is not available ({e}); the console is read-only")));
+                        return Ok(());
+                    }
                 };
                 st.attached = true;
+                st.drain = Some(tokio::spawn(drain_socket(reader)));
                 let (tx, mut rx) = mpsc::channel::<Bytes>(64);
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let mut ok = true;
                     while let Some(data) = rx.recv().await {
                         if writer.write_all(&data).await.is_err() {
-                            ok = false;
                             break;
                         }
                     }
-                    let _ = me.cast(ConsoleMessage::Detached(ok.then_some(writer)));
+                    let _ = me.cast(ConsoleMessage::Detached);
                 });
                 let _ = reply.send(Ok(ConsoleAttach { follow: st.follow(), input: tx }));
             }
-            ConsoleMessage::Detached(writer) => {
+            ConsoleMessage::Detached => {
                 st.attached = false;
-                st.writer = writer;
+                // Closing the socket: QEMU stops sending its copy.
+                if let Some(d) = st.drain.take() {
+                    d.abort();
+                }
             }
         }
         Ok(())
@@ -164,6 +179,10 @@ impl Actor for ConsoleActor {
 
     async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut ConsoleState) -> Result<(), ActorProcessingErr> {
         st.pump.abort();
+        // Releases the serial socket: QEMU serves one client at a time.
+        if let Some(d) = &st.drain {
+            d.abort();
+        }
         Ok(())
     }
 }
@@ -196,38 +215,48 @@ impl ConsoleState {
     }
 }
 
-/// Tails the log from `offset`, woken by socket traffic or the tick.
-async fn pump(mut file: tokio::fs::File, mut offset: u64, mut socket: Option<tokio::net::unix::OwnedReadHalf>, me: ActorRef<ConsoleMessage>) {
-    // Small buffers: a console is slow, and there is one pump per VM.
-    let mut discard = vec![0u8; 2048];
-    let mut chunk = vec![0u8; 8192];
+/// Follows the log: read what is new (rotating it when over its bound),
+/// rest, wait for the next change.
+async fn pump(mut tail: LogTail, mut watch: Option<FileWatch>, me: ActorRef<ConsoleMessage>) {
     loop {
-        match socket.as_mut() {
-            Some(s) => {
-                tokio::select! {
-                    r = s.read(&mut discard) => {
-                        if matches!(r, Ok(0) | Err(_)) {
-                            socket = None; // hypervisor gone; keep draining the file
-                        }
-                    }
-                    _ = tokio::time::sleep(TICK) => {}
-                }
+        // File reads are quick, but they are blocking calls.
+        let polled = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let r = tail.poll(&mut |d| out.push(Bytes::copy_from_slice(d)));
+            (tail, r, out)
+        })
+        .await;
+        let Ok((back, r, chunks)) = polled else { return };
+        tail = back;
+        for c in chunks {
+            if me.cast(ConsoleMessage::Output(c)).is_err() {
+                return;
             }
-            None => tokio::time::sleep(TICK).await,
         }
-        loop {
-            if file.seek(SeekFrom::Start(offset)).await.is_err() {
-                break;
-            }
-            match file.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    offset += n as u64;
-                    if me.cast(ConsoleMessage::Output(Bytes::copy_from_slice(&chunk[..n]))).is_err() {
-                        return;
-                    }
+        if let Err(e) = r {
+            tracing::warn!(offset = tail.offset(), error = %e, "cannot read or rotate the console log");
+        }
+        tokio::time::sleep(COALESCE).await;
+        match watch.as_mut() {
+            Some(w) => {
+                if let Err(e) = w.changed(SLOW_POLL).await {
+                    tracing::warn!(error = %e, "inotify failed; polling the console log instead");
+                    watch = None;
                 }
             }
+            None => tokio::time::sleep(FALLBACK_POLL).await,
+        }
+    }
+}
+
+/// QEMU sends console output to the connected serial socket too; it must
+/// be read promptly (a full socket stalls the guest's serial port) but the
+/// file is the source, so it is dropped.
+async fn drain_socket(mut socket: tokio::net::unix::OwnedReadHalf) {
+    let mut discard = vec![0u8; 16 * 1024];
+    while let Ok(n) = socket.read(&mut discard).await {
+        if n == 0 {
+            return;
         }
     }
 }

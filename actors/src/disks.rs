@@ -73,7 +73,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
     if !needs_dir {
         return Ok(out);
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+    crate::private_dir::ensure_private_dir(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
     if let Some(base) = base_image(spec, images)? {
         let overlay = dir.join(OVERLAY);
         // The overlay is the VM's root disk: made once, kept across runs.

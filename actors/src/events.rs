@@ -2,9 +2,11 @@
 //! a monotonic sequence number and then broadcast to live subscribers.
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, Mutex};
 
+use crate::bounds::EventRetention;
 use crate::store::{now_ms, Store};
 use crate::vm::phase::{Rung, VmPhase};
 
@@ -47,18 +49,40 @@ pub enum EventKind {
     Note,
 }
 
+/// Live events buffered per subscriber; one that falls further behind is
+/// told (`RecvError::Lagged`) and must catch up from the store.
+pub const LIVE_CAPACITY: usize = 4096;
+/// Retention also runs after this many writes, so a burst (a restart
+/// storm) is trimmed long before the periodic pass.
+pub const PRUNE_EVERY: u64 = 1000;
+
 /// Serialises publishing so that subscribers see sequence numbers in order.
 #[derive(Clone)]
 pub struct EventBus {
     store: Store,
     tx: broadcast::Sender<Event>,
     order: Arc<Mutex<()>>,
+    retention: EventRetention,
+    written: Arc<AtomicU64>,
 }
 
 impl EventBus {
     pub fn new(store: Store) -> Self {
-        let (tx, _) = broadcast::channel(4096);
-        EventBus { store, tx, order: Arc::default() }
+        Self::with_retention(store, EventRetention::default())
+    }
+
+    pub fn with_retention(store: Store, retention: EventRetention) -> Self {
+        let (tx, _) = broadcast::channel(LIVE_CAPACITY);
+        EventBus { store, tx, order: Arc::default(), retention, written: Arc::default() }
+    }
+
+    /// Applies the retention bounds now; logs what it deleted.
+    pub async fn prune(&self) {
+        match self.store.prune_events(self.retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, max_count = self.retention.max_count, "old events deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot apply event retention"),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -80,6 +104,34 @@ impl EventBus {
             Err(e) => tracing::error!(vm, error = %e, "cannot persist event"),
         }
         let _ = self.tx.send(ev.clone());
+        drop(_order);
+        if self.written.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            let bus = self.clone();
+            tokio::spawn(async move { bus.prune().await });
+        }
         ev
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn retention_runs_after_a_batch_of_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let bus = EventBus::with_retention(store.clone(), EventRetention { max_count: 10, max_age: Duration::from_secs(3600) });
+        for _ in 0..PRUNE_EVERY {
+            bus.publish("v", EventKind::Note, 0, None).await;
+        }
+        // The batch's prune runs in the background: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.event_count().await.unwrap() != 10 {
+            assert!(Instant::now() < deadline, "not trimmed after {PRUNE_EVERY} writes");
+            tokio::task::yield_now().await;
+        }
     }
 }

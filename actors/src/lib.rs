@@ -15,15 +15,19 @@
 pub mod accel;
 pub mod backend;
 pub mod board;
+pub mod bounds;
 pub mod cloud_hypervisor;
 pub mod console;
+pub mod console_log;
 pub mod control;
 pub mod disks;
 pub mod error;
 pub mod events;
 pub mod lease;
 pub mod netmgr;
+pub mod private_dir;
 pub mod failpoint;
+pub mod file_watch;
 pub mod process;
 pub mod qemu;
 pub mod recovery;
@@ -37,6 +41,7 @@ pub mod vsock;
 
 pub use backend::{Backend, RunPaths};
 pub use board::{StatusBoard, VmInfo};
+pub use bounds::{Bounds, ConsoleLogLimits, ConsoleLogSpec, EventRetention};
 pub use console::{ConsoleAttach, ConsoleFollow};
 pub use error::{Error, Result, SpecError};
 pub use events::{Event, EventBus, EventKind};

@@ -28,6 +28,13 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start {program:?}: {limit}")]
+    OutOfFds {
+        program: std::path::PathBuf,
+        limit: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open a pidfd for pid {pid}")]
     Pidfd {
         pid: i32,
@@ -47,6 +54,9 @@ pub struct Spawned {
 /// `instance` is stamped into its environment (`recovery::INSTANCE_ENV`)
 /// so that adoption and the orphan scan recognise whose it is.
 pub fn spawn(plan: &LaunchPlan, instance: &str) -> Result<Spawned, SpawnError> {
+    // The hypervisor creates the console log itself (mode 0666 less its
+    // umask); made here first, it keeps our mode whoever opens it.
+    private_log(&plan.paths.console_log, false)?;
     spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log, Some(instance))
 }
 
@@ -59,12 +69,7 @@ pub fn spawn_in_session(
     log_path: &std::path::Path,
     instance: Option<&str>,
 ) -> Result<Spawned, SpawnError> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(log_path)
-        .map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
+    let log = private_log(log_path, true)?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
     let mut cmd = std::process::Command::new(program);
     if let Some(arg0) = arg0 {
@@ -77,18 +82,22 @@ pub fn spawn_in_session(
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; a new session detaches the hypervisor from our terminal and
     // process group, so signals aimed at the supervisor never reach it.
+    // umask is async-signal-safe too: files the hypervisor creates (its
+    // event monitor, sockets, a console log made anew) are not
+    // world-readable.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
+            libc::umask(CHILD_UMASK);
             Ok(())
         });
     }
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|source| SpawnError::Exec { program: program.to_path_buf(), source })?;
+        .map_err(|source| exec_error(program, source))?;
     // The child is not reaped before we call wait(), so the pid cannot have
     // been reused yet.
     let pid = child.id().map(|p| p as i32).ok_or(SpawnError::Pidfd {
@@ -97,6 +106,35 @@ pub fn spawn_in_session(
     })?;
     let pidfd = pidfd_open(pid).map_err(|source| SpawnError::Pidfd { pid, source })?;
     Ok(Spawned { child, pid, pidfd })
+}
+
+/// Group may read, others nothing (see `console_log::LOG_MODE`).
+const CHILD_UMASK: libc::mode_t = 0o027;
+
+/// Opens (creating, or tightening an existing file to) a 0640 log.
+fn private_log(path: &std::path::Path, truncate: bool) -> Result<std::fs::File, SpawnError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let err = |source| SpawnError::Log { path: path.to_path_buf(), source };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!truncate)
+        .truncate(truncate)
+        .mode(crate::console_log::LOG_MODE)
+        .open(path)
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(crate::console_log::LOG_MODE)).map_err(err)?;
+    Ok(f)
+}
+
+/// Running out of descriptors is not a missing binary: say which limit.
+fn exec_error(program: &std::path::Path, source: std::io::Error) -> SpawnError {
+    let limit = match source.raw_os_error() {
+        Some(libc::EMFILE) => "the daemon is out of file descriptors (EMFILE); raise its limit (LimitNOFILE= in the unit, or ulimit -n)",
+        Some(libc::ENFILE) => "the system is out of file descriptors (ENFILE); raise fs.file-max or close files",
+        _ => return SpawnError::Exec { program: program.to_path_buf(), source },
+    };
+    SpawnError::OutOfFds { program: program.to_path_buf(), limit, source }
 }
 
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
@@ -230,6 +268,28 @@ pub fn boot_id() -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fd_exhaustion_is_named_not_blamed_on_the_binary() {
+        let e = exec_error(std::path::Path::new("qemu"), std::io::Error::from_raw_os_error(libc::EMFILE)).to_string();
+        assert!(e.contains("EMFILE") && !e.contains("installed"), "{e}");
+        let e = exec_error(std::path::Path::new("qemu"), std::io::Error::from_raw_os_error(libc::ENFILE)).to_string();
+        assert!(e.contains("ENFILE"), "{e}");
+        let e = exec_error(std::path::Path::new("qemu"), std::io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(e.contains("installed"), "{e}");
+    }
+
+    #[test]
+    fn logs_are_made_private_even_if_they_existed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        private_log(&p, false).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old", "the console log is kept");
+    }
 
     #[test]
     fn start_time_of_self_is_stable() {

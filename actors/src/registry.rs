@@ -83,6 +83,8 @@ pub struct RegistryArgs {
     pub state_dir: PathBuf,
     /// The state directory's identity (`Store::instance_id`).
     pub instance: String,
+    /// The daemon's console log bounds (a spec may override them).
+    pub console_log: crate::bounds::ConsoleLogLimits,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -113,6 +115,7 @@ impl Actor for RegistryActor {
             images: a.images,
             state_dir: a.state_dir,
             instance: a.instance,
+            console_log: a.console_log,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();

@@ -74,6 +74,9 @@ pub struct VmSpec {
     /// start, attached read-only, deleted with the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_disk: Option<ServiceDiskSpec>,
+    /// Bounds of this VM's console files, over the daemon's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<crate::bounds::ConsoleLogSpec>,
 }
 
 /// A FAT service disk: the service's files and a launcher script whose
@@ -522,6 +525,9 @@ impl VmSpec {
     /// the backend's `prepare`, which knows which ones it needs.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
+        if let Some(c) = &self.console_log {
+            crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
+        }
         if self.vcpus == 0 || self.vcpus > 255 {
             return Err(SpecError::new("vcpus", format!("must be between 1 and 255 (got {})", self.vcpus)));
         }

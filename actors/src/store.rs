@@ -387,6 +387,86 @@ impl Store {
         .await
     }
 
+    /// Deletes events beyond `keep.max_count` (oldest first) and older than
+    /// `keep.max_age`; returns how many went. Works in chunks, each its own
+    /// short transaction, so a large first trim never holds the database
+    /// for long.
+    pub async fn prune_events(&self, keep: crate::bounds::EventRetention) -> Result<u64, StoreError> {
+        const CHUNK: i64 = 10_000;
+        let max_count = i64::try_from(keep.max_count.max(1)).unwrap_or(i64::MAX);
+        let cutoff_ms = now_ms().saturating_sub(keep.max_age.as_millis().try_into().unwrap_or(u64::MAX));
+        // Everything with a seq below `first_kept` goes: the newest
+        // `max_count` rows survive the count rule; timestamps grow with seq,
+        // so the first young-enough row bounds the age rule.
+        let first_kept = self
+            .with(move |c| {
+                let by_count: Option<i64> = c
+                    .query_row("SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1", params![max_count.saturating_sub(1)], |r| r.get(0))
+                    .optional()?;
+                let by_age: Option<i64> = c
+                    .query_row("SELECT seq FROM events WHERE ts_ms >= ?1 ORDER BY seq LIMIT 1", params![cutoff_ms as i64], |r| r.get(0))
+                    .optional()?;
+                let newest: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                // No young row at all: every row is too old.
+                let by_age = by_age.unwrap_or(newest + 1);
+                Ok(by_count.map_or(by_age, |b| b.max(by_age)))
+            })
+            .await?;
+        let mut deleted = 0u64;
+        loop {
+            let n = self
+                .with(move |c| {
+                    Ok(c.execute(
+                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
+                        params![first_kept, CHUNK],
+                    )?)
+                })
+                .await?;
+            deleted += n as u64;
+            if (n as i64) < CHUNK {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// How many events the database holds.
+    pub async fn event_count(&self) -> Result<u64, StoreError> {
+        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64)).await
+    }
+
+    /// Events after `since` as NDJSON lines (oldest first, at most
+    /// `limit`), with the seq of the last one. Replays send the stored JSON
+    /// as it is, with its sequence number filled in, instead of decoding
+    /// and encoding every event.
+    pub async fn event_lines_since(&self, since: u64, limit: u32) -> Result<(Vec<u8>, Option<u64>), StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut rows = stmt.query(params![since as i64, limit])?;
+            let mut out = Vec::new();
+            let mut last = None;
+            while let Some(row) = rows.next()? {
+                let seq = row.get::<_, i64>(0)? as u64;
+                let body = row.get_ref(1)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?;
+                // Stored with seq 0 first (the field order of `Event`).
+                match body.strip_prefix(r#"{"seq":0,"#) {
+                    Some(rest) => {
+                        out.extend_from_slice(format!(r#"{{"seq":{seq},"#).as_bytes());
+                        out.extend_from_slice(rest.as_bytes());
+                    }
+                    None => {
+                        let mut ev: Event = serde_json::from_str(body)?;
+                        ev.seq = seq;
+                        serde_json::to_writer(&mut out, &ev)?;
+                    }
+                }
+                out.push(b'\n');
+                last = Some(seq);
+            }
+            Ok((out, last))
+        })
+        .await
+    }
+
     /// Events after `since`, oldest first, at most `limit`.
     pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
         self.with(move |c| {
@@ -467,6 +547,46 @@ mod tests {
         assert_eq!(s.allocate_lease("d", 3).await.unwrap(), Some(2));
         assert_eq!(s.allocate_lease("e", 3).await.unwrap(), None, "exhausted");
         assert_eq!(s.leases().await.unwrap().len(), 3);
+    }
+
+    fn note(ts_ms: u64) -> Event {
+        Event { seq: 0, ts_ms, vm: "v".into(), kind: crate::events::EventKind::Note, generation: 0, message: None }
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        for _ in 0..25 {
+            s.append_event(&note(now_ms())).await.unwrap();
+        }
+        let keep = crate::bounds::EventRetention { max_count: 10, max_age: std::time::Duration::from_secs(3600) };
+        assert_eq!(s.prune_events(keep).await.unwrap(), 15);
+        assert_eq!(s.event_count().await.unwrap(), 10);
+        let left = s.events_since(0, 100).await.unwrap();
+        let (lines, last) = s.event_lines_since(15, 100).await.unwrap();
+        let parsed: Vec<Event> = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        assert_eq!(parsed, left, "the fast path gives the same events");
+        assert_eq!(last, Some(25));
+        assert_eq!(left.first().map(|e| e.seq), Some(16), "the oldest go first");
+        assert_eq!(s.prune_events(keep).await.unwrap(), 0, "idempotent");
+    }
+
+    #[tokio::test]
+    async fn retention_drops_events_older_than_the_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let day = 24 * 3600 * 1000;
+        for ts in [now_ms() - 40 * day, now_ms() - 31 * day, now_ms() - 29 * day, now_ms()] {
+            s.append_event(&note(ts)).await.unwrap();
+        }
+        let keep = crate::bounds::EventRetention::default();
+        assert_eq!(s.prune_events(keep).await.unwrap(), 2);
+        assert_eq!(s.event_count().await.unwrap(), 2);
+        let all_old = crate::bounds::EventRetention { max_count: 100, max_age: std::time::Duration::ZERO };
+        s.append_event(&note(now_ms() - 1000)).await.unwrap();
+        assert_eq!(s.prune_events(all_old).await.unwrap(), 3);
+        assert_eq!(s.event_count().await.unwrap(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use futures::StreamExt as _;
 use hyper_util::rt::TokioIo;
@@ -11,12 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::ApiError;
+use super::query::ValidQuery;
 use super::types::ConsoleQuery;
 use super::AppState;
 
 pub const UPGRADE_PROTOCOL: &str = "paddock-console";
 
-pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<ConsoleQuery>) -> Result<Response, ApiError> {
+pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<ConsoleQuery>) -> Result<Response, ApiError> {
     let f = rt.console_follow(&name).await?;
     let backlog = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(f.backlog) });
     let body = if q.follow.unwrap_or(false) {

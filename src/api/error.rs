@@ -40,6 +40,45 @@ impl From<SpecError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A request the API cannot take as sent (query string, headers):
+    /// 400 `invalid_request`, naming the parameter.
+    pub fn invalid_request(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            detail: ErrorDetail { kind: "invalid_request".into(), message: message.into(), field: Some(field.to_string()) },
+        }
+    }
+}
+
+/// Any error response not produced by `ApiError` (axum's own rejections:
+/// 413 body too large, 405, an unknown route, a bad path segment) is
+/// rewritten into the documented JSON shape, keeping its status and text.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    // Rejection bodies are one short line; cap what is read anyway.
+    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    (status, Json(ErrorBody { error: ErrorDetail { kind: kind.into(), message, field: None } })).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(ErrorBody { error: self.detail })).into_response()

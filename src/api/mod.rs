@@ -27,12 +27,14 @@ pub mod drain;
 mod upgrade;
 mod vsock;
 pub mod error;
-mod events;
+pub mod events;
 pub mod images;
+pub mod query;
+pub mod server;
 pub mod types;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,6 +43,7 @@ use std::time::Duration;
 
 use crate::{Runtime, VmInfo, VmSpec};
 use error::ApiError;
+use query::ValidQuery;
 use types::{RemoveQuery, ShutdownQuery, StartQuery, StopQuery};
 
 pub type AppState = Arc<Runtime>;
@@ -73,6 +76,7 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/images", get(images::list).post(images::pull))
         .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(runtime)
 }
 
@@ -90,17 +94,26 @@ async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result
 
 /// The body is parsed here rather than by axum's `Json` extractor so that
 /// a bad field is reported with its path (`boot.kernal`), not a byte offset.
-async fn create(State(rt): State<AppState>, Query(q): Query<StartQuery>, body: Bytes) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+/// The query is checked before the body is read, and both before anything
+/// is created.
+async fn create(
+    State(rt): State<AppState>,
+    ValidQuery(q): ValidQuery<StartQuery>,
+    timeout: Option<axum::Extension<server::BodyReadTimeout>>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+    let deadline = timeout.map(|t| t.0 .0).unwrap_or(server::ApiLimits::default().body_read_timeout);
+    let body: Bytes = server::read_body(body, deadline).await?;
     let spec: VmSpec = types::parse_spec(&body)?;
     let info = rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn start(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
+async fn start(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.start_vm(&name, q.wait.unwrap_or_default(), q.timeout()).await?))
 }
 
-async fn stop(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<StopQuery>) -> Result<Json<crate::StopOutcome>, ApiError> {
+async fn stop(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StopQuery>) -> Result<Json<crate::StopOutcome>, ApiError> {
     let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
     Ok(Json(rt.stop(&name, graceful).await?))
 }
@@ -115,7 +128,7 @@ async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<
 
 /// Exits the daemon. VMs keep running (the next daemon re-adopts them)
 /// unless `stop_vms`, which first runs every VM's shutdown ladder.
-async fn shutdown(State(rt): State<AppState>, Query(q): Query<ShutdownQuery>) -> Json<serde_json::Value> {
+async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<ShutdownQuery>) -> Json<serde_json::Value> {
     let mut stopped = serde_json::Map::new();
     if q.stop_vms.unwrap_or(false) {
         let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
@@ -131,7 +144,7 @@ async fn shutdown(State(rt): State<AppState>, Query(q): Query<ShutdownQuery>) ->
     Json(serde_json::json!({ "exiting": true, "stopped": stopped }))
 }
 
-async fn remove(State(rt): State<AppState>, Path(name): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, ApiError> {
+async fn remove(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<RemoveQuery>) -> Result<StatusCode, ApiError> {
     rt.remove_with(&name, q.force.unwrap_or(false), q.volumes.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,12 +3,15 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use super::error::ApiError;
+use super::query::{check_seq, check_timeout, QueryRules};
 use crate::{SpecError, VmSpec, WaitFor};
 
 pub const DEFAULT_GRACEFUL_SECS: u64 = 30;
 pub const DEFAULT_START_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StartQuery {
     pub wait: Option<WaitFor>,
     pub timeout_secs: Option<u64>,
@@ -20,12 +23,50 @@ impl StartQuery {
     }
 }
 
+impl QueryRules for StartQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        check_timeout("timeout_secs", self.timeout_secs)
+    }
+}
+
+impl QueryRules for StopQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        check_timeout("timeout_secs", self.timeout_secs)
+    }
+}
+
+impl QueryRules for ShutdownQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        check_timeout("timeout_secs", self.timeout_secs)
+    }
+}
+
+impl QueryRules for RemoveQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+impl QueryRules for ConsoleQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+impl QueryRules for EventsQuery {
+    fn check(&self) -> Result<(), ApiError> {
+        check_seq("since", self.since)
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StopQuery {
     pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     pub force: Option<bool>,
     /// Also delete the data disk.
@@ -33,17 +74,20 @@ pub struct RemoveQuery {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownQuery {
     pub stop_vms: Option<bool>,
     pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConsoleQuery {
     pub follow: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub since: Option<u64>,
     pub follow: Option<bool>,
@@ -57,8 +101,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Stable machine-readable kind: invalid_spec, not_found, conflict,
-    /// busy, start_failed, unavailable, timeout, internal.
+    /// Stable machine-readable kind: invalid_spec, invalid_request,
+    /// not_found, conflict, busy, start_failed, unavailable, timeout,
+    /// too_large, internal.
     pub kind: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@
 
 mod console;
 mod images;
+mod limits;
 mod table;
 mod vsock;
 
@@ -97,6 +98,8 @@ enum Command {
         /// `off`, or an interface name.
         #[arg(long, default_value = "any")]
         masquerade: String,
+        #[command(flatten)]
+        limits: limits::LimitArgs,
     },
     /// Create a VM from a TOML spec file and boot it.
     Up {
@@ -230,7 +233,7 @@ async fn run(cli: Cli) -> i32 {
     let client = Client::new(cli.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)));
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, vsock_device_binary, control_timeout_ms, net_pool, masquerade } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, vsock_device_binary, control_timeout_ms, net_pool, masquerade, limits } => {
             let pool = match net_pool.parse::<paddock_net::Pool>() {
                 Ok(p) => p,
                 Err(e) => {
@@ -253,6 +256,8 @@ async fn run(cli: Cli) -> i32 {
                 cloud_hypervisor_binary,
                 vsock_device_binary,
                 control_timeout: Duration::from_millis(control_timeout_ms),
+                api: limits.api(),
+                bounds: limits.bounds(),
             };
             return match crate::daemon::serve(opts).await {
                 Ok(()) => 0,
@@ -349,6 +354,8 @@ async fn run(cli: Cli) -> i32 {
                         for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                             if let Ok(ev) = serde_json::from_slice::<crate::Event>(line) {
                                 let _ = writeln!(out, "{}", table::event(&ev));
+                            } else if let Ok(l) = serde_json::from_slice::<crate::api::events::LaggedLine>(line) {
+                                let _ = writeln!(out, "-- {} --", l.lagged.message);
                             }
                         }
                     }

@@ -349,7 +349,7 @@ impl Drop for NetLab {
     }
 }
 
-fn rand_u32() -> u32 {
+pub fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;

@@ -47,6 +47,8 @@ pub struct VmDeps {
     pub state_dir: PathBuf,
     /// Stamped on every hypervisor and run directory this supervisor makes.
     pub instance: String,
+    /// The daemon's console log bounds (a spec may override them).
+    pub console_log: crate::bounds::ConsoleLogLimits,
 }
 
 pub struct VmArgs {
@@ -550,7 +552,7 @@ impl VmState {
             let reason = format!("{dir:?} belongs to another paddock; choose another VM name or run dir");
             return Err(Error::StartFailed { name: self.name.clone(), reason });
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+        crate::private_dir::ensure_private_dir(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
         crate::recovery::stamp_dir(dir, &self.deps.instance).map_err(|e| Error::io(format!("cannot write {stamp:?}"), e))
     }
 
@@ -599,7 +601,12 @@ impl VmState {
 
     async fn spawn_console(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ConsoleArgs { vm: me.clone(), paths: self.paths.clone(), ready_pattern: self.ready_pattern.clone() };
+        let args = ConsoleArgs {
+            vm: me.clone(),
+            paths: self.paths.clone(),
+            ready_pattern: self.ready_pattern.clone(),
+            limits: self.deps.console_log.with(self.spec.console_log.as_ref()),
+        };
         match Actor::spawn_linked(None, ConsoleActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.console = Some(c);
