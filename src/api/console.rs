@@ -2,8 +2,8 @@
 //! duplex stream for the one interactive writer.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt as _;
 use hyper_util::rt::TokioIo;
