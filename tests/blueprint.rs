@@ -58,7 +58,7 @@ fn blueprint_example_runs_exactly_and_leaves_only_its_volume() {
     assert!(lab.taps().is_empty(), "TAPs left: {:?}", lab.taps());
     assert!(!lab.table().contains("chain"), "rules left:\n{}", lab.table());
     assert_eq!(pids_mentioning(&dir.path().to_string_lossy()), Vec::<i32>::new(), "processes left");
-    let run_left: Vec<String> = files(&dir.path().join("run")).into_iter().filter(|f| f != "paddock.sock").collect();
+    let run_left: Vec<String> = files(&dir.path().join("run")).into_iter().filter(|f| f != "paddock.sock" && f != "paddock.lock").collect();
     assert!(run_left.is_empty(), "run files left: {run_left:?}");
 }
 
@@ -85,7 +85,7 @@ fn blueprint_in_this_netns() {
     assert_eq!(rung, "acpi");
 
     // `rm` kept the data disk and nothing else.
-    let state: Vec<String> = files(&dir.join("state")).into_iter().filter(|f| !f.starts_with("paddock.db")).collect();
+    let state: Vec<String> = files(&dir.join("state")).into_iter().filter(|f| !f.starts_with("paddock.db") && f != "paddock.lock").collect();
     assert_eq!(state, ["vms/blueprint-svc/data.qcow2"], "state left besides the volume");
     rt.block_on(async {
         let rt = paddock::Runtime::start(paddock::RuntimeConfig::new(dir.join("state"), dir.join("run"))).await.expect("runtime");
