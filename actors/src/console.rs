@@ -46,6 +46,8 @@ pub enum ConsoleMessage {
     /// Fails when another writer is attached.
     Attach(RpcReplyPort<Result<ConsoleAttach, String>>),
     Detached(Option<OwnedWriteHalf>),
+    /// The guest rebooted: readiness counts only output written from now.
+    Rearm,
 }
 
 pub struct ConsoleActor;
@@ -54,6 +56,10 @@ pub struct ConsoleArgs {
     pub vm: ActorRef<VmMessage>,
     pub paths: RunPaths,
     pub ready_pattern: Option<Regex>,
+    /// Byte offset in console.log where the current boot's output starts:
+    /// only output from there on counts for readiness (QEMU appends every
+    /// run to the same log).
+    pub ready_from: u64,
 }
 
 pub struct ConsoleState {
@@ -65,6 +71,11 @@ pub struct ConsoleState {
     pattern: Option<Regex>,
     partial: Vec<u8>,
     ready_sent: bool,
+    /// File offset of the next byte `take_output` sees, and where this
+    /// boot's output starts.
+    pos: u64,
+    ready_from: u64,
+    log: std::path::PathBuf,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -110,6 +121,9 @@ impl Actor for ConsoleActor {
             pattern: args.ready_pattern,
             partial: Vec::new(),
             ready_sent: false,
+            pos: start,
+            ready_from: args.ready_from,
+            log: args.paths.console_log.clone(),
             pump,
         };
         st.take_output(&backlog);
@@ -158,6 +172,11 @@ impl Actor for ConsoleActor {
                 st.attached = false;
                 st.writer = writer;
             }
+            ConsoleMessage::Rearm => {
+                st.ready_sent = false;
+                st.partial.clear();
+                st.ready_from = std::fs::metadata(&st.log).map(|m| m.len()).unwrap_or(st.pos);
+            }
         }
         Ok(())
     }
@@ -175,11 +194,15 @@ impl ConsoleState {
 
     fn take_output(&mut self, data: &[u8]) {
         self.ring.push(data);
+        let at = self.pos;
+        self.pos += data.len() as u64;
         let Some(pattern) = &self.pattern else { return };
-        if self.ready_sent {
+        if self.ready_sent || self.pos <= self.ready_from {
             return;
         }
-        for &b in data {
+        // Output of an earlier boot never counts.
+        let skip = self.ready_from.saturating_sub(at) as usize;
+        for &b in &data[skip..] {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.partial);
                 if pattern.is_match(line.trim_end_matches('\r')) {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod lease;
 pub mod netmgr;
+pub mod probe;
 pub mod failpoint;
 pub mod process;
 pub mod qemu;
