@@ -13,6 +13,7 @@
 #   root.qcow2   the root disk: one ext4 filesystem labelled "root", no
 #                partition table and no bootloader (boot it with the kernel)
 #   vmlinuz      the kernel, initrd.img its initramfs (virtio + ext4 in it)
+#   root.qcow2.sha256  its sha256 (the key of `boot.image = "sha256:<hex>"`)
 #   cmdline      the kernel command line to boot it with
 #   stamp        the inputs; when it matches nothing is rebuilt
 # On success the three boot paths (image, kernel, initrd) are printed on
@@ -83,7 +84,7 @@ out=$(cd "$out" && pwd)
 exec 9>"$out/.lock"
 flock 9
 
-if [[ -f $out/root.qcow2 && -f $out/vmlinuz && -f $out/initrd.img && -f $out/stamp ]] &&
+if [[ -f $out/root.qcow2 && -f $out/root.qcow2.sha256 && -f $out/vmlinuz && -f $out/initrd.img && -f $out/stamp ]] &&
     [[ $(<"$out/stamp") == "$want_stamp" ]]; then
     log "up to date: $out"
     print_paths
@@ -175,11 +176,12 @@ truncate -s "$image_size" "$build/root.raw"
 mkfs.ext4 -q -F -L root -d "$root" "$build/root.raw" >&2
 qemu-img convert -f raw -O qcow2 "$build/root.raw" "$build/root.qcow2"
 rm -f "$build/root.raw"
+sha256sum <"$build/root.qcow2" | cut -d' ' -f1 >"$build/root.qcow2.sha256"
 printf '%s\n' "$cmdline" >"$build/cmdline"
 printf '%s\n' "$want_stamp" >"$build/stamp"
 
 rm -f "$out/stamp"
-for f in root.qcow2 vmlinuz initrd.img cmdline stamp; do
+for f in root.qcow2 root.qcow2.sha256 vmlinuz initrd.img cmdline stamp; do
     mv -f "$build/$f" "$out/$f"
 done
 log "built $(du -h "$out/root.qcow2" | cut -f1) image in $out"

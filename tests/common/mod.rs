@@ -2,6 +2,8 @@
 //! test in its own directories, event waits with deadlines, leak checks.
 #![allow(dead_code)]
 
+pub mod debian;
+
 use http_body_util::BodyExt as _;
 use paddock::client::Client;
 use paddock::{Event, EventKind, VmPhase, VmSpec};

@@ -488,12 +488,15 @@ impl VmState {
     /// blocking pool; returns the spec the backend sees.
     async fn materialize_disks(&self, lease: Option<&crate::netmgr::Lease>) -> Result<VmSpec> {
         let network = lease.map(|l| {
-            let mut eth = paddock_images::Ethernet::default();
-            eth.match_ = Some(paddock_images::Match { macaddress: Some(l.mac.clone()), name: None });
-            eth.set_name = Some("eth0".into());
-            eth.addresses = vec![format!("{}/{}", l.addrs.guest, l.addrs.prefix)];
-            // cloud-init 22.4 rejects netplan's `to: default`.
-            eth.routes = vec![paddock_images::Route { to: "0.0.0.0/0".into(), via: l.addrs.gateway.to_string() }];
+            let eth = paddock_images::Ethernet {
+                // By MAC, never by name (Debian calls the NIC enp0s*).
+                match_: Some(paddock_images::Match { macaddress: Some(l.mac.clone()), name: None }),
+                set_name: Some("eth0".into()),
+                addresses: vec![format!("{}/{}", l.addrs.guest, l.addrs.prefix)],
+                // cloud-init 22.4 rejects netplan's `to: default`.
+                routes: vec![paddock_images::Route { to: "0.0.0.0/0".into(), via: l.addrs.gateway.to_string() }],
+                ..Default::default()
+            };
             let mut cfg = paddock_images::NetworkConfig::default();
             cfg.ethernets.insert("eth0".into(), eth);
             cfg
