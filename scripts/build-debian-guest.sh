@@ -135,6 +135,10 @@ log "installing ${packages[*]}"
 chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get update -qq >&2
 chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C \
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
+# cloud-init's locale module sets en_US.UTF-8, which must exist: Debian's
+# locale-gen ignores the locale cloud-init passes it and reads locale.gen.
+sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$root/etc/locale.gen"
+chroot "$root" locale-gen >&2
 chroot "$root" apt-get clean
 umount "$root/proc"
 

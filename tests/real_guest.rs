@@ -155,3 +155,19 @@ async fn a_guest_reboot_resets_readiness() {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
+
+/// `start --wait ready` returns on this boot's marker, not on the previous
+/// run's line still in console.log (QEMU appends every run to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_wait_ready_waits_for_this_boots_marker() {
+    let d = Daemon::start();
+    let c = &d.client;
+    c.up(&guest_spec("again", ""), WaitFor::Ready, 300).await.expect("up");
+    let stopped = c.stop("again", 60).await.expect("stop");
+    assert_eq!(stopped.rung, Some(paddock::Rung::Acpi));
+    c.start("again", WaitFor::Ready, 300).await.expect("start --wait ready");
+    let log = std::fs::read_to_string(d.run_dir().join("again/console.log")).expect("console.log");
+    assert_eq!(log.matches(READY_MARKER).count(), 2, "start returned before the second boot's marker:\n{log}");
+    assert!(c.get("again").await.expect("get").ready);
+    c.remove("again", true).await.expect("rm");
+}
