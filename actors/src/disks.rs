@@ -152,9 +152,11 @@ pub fn cloud_config(spec: &VmSpec) -> CloudConfig {
     }
     if let Some((mount, fs)) = spec.data_disk.as_ref().and_then(|d| d.mount.as_ref().map(|m| (m, d.filesystem.unwrap_or_default()))) {
         let device = format!("/dev/disk/by-id/virtio-{DATA_SERIAL}");
-        // overwrite = false: a disk that has a filesystem (every boot after
-        // the first, or a new instance on an old disk) is never formatted.
-        c.fs_setup.push(FsSetup { label: DATA_SERIAL.into(), filesystem: fs.as_str().into(), device: device.clone(), partition: "none".into(), overwrite: false });
+        // partition "auto" on the whole disk: cloud-init 22.4 formats it only
+        // if it has no filesystem at all, and reuses one with this type and
+        // label (a new instance on a kept disk after `rm` + `up`). "none"
+        // would run mkfs -F on every new instance.
+        c.fs_setup.push(FsSetup { label: DATA_SERIAL.into(), filesystem: fs.as_str().into(), device: device.clone(), partition: "auto".into(), overwrite: false });
         // nofail: a missing disk must not hold the boot in emergency mode.
         c.mounts.push(vec![device, mount.clone(), fs.as_str().into(), "defaults,nofail".into(), "0".into(), "2".into()]);
     }

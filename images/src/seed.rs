@@ -103,7 +103,9 @@ pub struct FsSetup {
     pub label: String,
     pub filesystem: String,
     pub device: String,
-    /// `none`: the whole device, no partition table.
+    /// `auto`: the first free place on the device (the whole device when
+    /// it has no partitions), and none at all if a filesystem with this
+    /// type and label exists already.
     pub partition: String,
     /// false: a device that already has a filesystem is left alone.
     pub overwrite: bool,
@@ -327,13 +329,13 @@ mod tests {
             label: "data".into(),
             filesystem: "ext4".into(),
             device: "/dev/disk/by-id/virtio-data".into(),
-            partition: "none".into(),
+            partition: "auto".into(),
             overwrite: false,
         }];
         c.mounts = vec![vec!["/dev/disk/by-id/virtio-data".into(), "/srv/data".into(), "ext4".into(), "defaults,nofail".into(), "0".into(), "2".into()]];
         let ud: serde_norway::Value = serde_norway::from_str(&s.render().unwrap().user_data).unwrap();
         assert_eq!(ud["bootcmd"][0].as_str(), Some("echo boot"));
-        assert_eq!(ud["fs_setup"][0]["partition"].as_str(), Some("none"));
+        assert_eq!(ud["fs_setup"][0]["partition"].as_str(), Some("auto"));
         assert_eq!(ud["fs_setup"][0]["overwrite"].as_bool(), Some(false));
         assert_eq!(ud["mounts"][0][1].as_str(), Some("/srv/data"));
     }
