@@ -88,6 +88,8 @@ async fn debian_guest_on_a_tap_lease() {
     let cmdline = ssh.ok("cat /proc/cmdline").await;
     assert!(!cmdline.contains("ip="), "{cmdline}");
     assert!(ssh.ok("ip -o -4 addr show").await.contains(&format!("{ip}/")), "lease address not configured");
+    let route = ssh.ok("ip -4 route show default").await;
+    assert!(route.contains(&format!("via {}", lease_gateway(&ip))), "no default route via the gateway: {route:?}");
 
     // Isolation: the other VM cannot reach this one's SSH.
     let (out, code) = guest_run(c, "deb-other", &format!("nc -w 3 {ip} 22 </dev/null"), Duration::from_secs(60)).await;
