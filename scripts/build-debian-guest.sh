@@ -23,9 +23,10 @@
 # list that starts with "eni" (ifupdown's /etc/network/interfaces); it
 # renders Paddock's network-config v2 (static address, MAC match) into ENI
 # and networking.service brings it up right after cloud-init-local. It is
-# also what Debian's own cloud images used for years. isc-dhcp-client serves
-# cloud-init's fallback (DHCP on the first NIC) when a seed has no
-# network-config, e.g. user-mode networking.
+# also what Debian's own cloud images used for years. The renderer writes
+# routes (the default route too) as `post-up route add ...`, hence
+# net-tools. isc-dhcp-client serves cloud-init's fallback (DHCP on the first
+# NIC) when a seed has no network-config, e.g. user-mode networking.
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +44,7 @@ packages=(
     cloud-init                          # reads the NoCloud seed
     openssh-server sudo socat
     ifupdown isc-dhcp-client iproute2   # the network stack cloud-init drives (see above)
+    net-tools                           # `route`: cloud-init's ENI renderer writes routes with it
     linux-image-amd64 initramfs-tools   # kernel + initrd for direct boot
     e2fsprogs util-linux                # resize2fs, blkid (ds-identify), mkfs for data disks
     locales ca-certificates             # cloud-init's locale module runs locale-gen
