@@ -9,7 +9,8 @@
 //!
 //! Run: cargo bench --bench real_guest_boot   (needs root and the Debian
 //! guest, built by scripts/build-debian-guest.sh; PADDOCK_BENCH_PAIRS=N,
-//! default 2: every pair is two first boots of a few minutes each.)
+//! default 2: every pair is two first boots of a few minutes each;
+//! PADDOCK_BENCH_FIRST=1 starts with a pair whose direct run goes first.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -76,13 +77,15 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let pairs: usize = std::env::var("PADDOCK_BENCH_PAIRS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    // PADDOCK_BENCH_FIRST=1 starts with an odd pair (the direct run first).
+    let first: usize = std::env::var("PADDOCK_BENCH_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     block_on(async {
         let d = Daemon::start();
         let c = &d.client;
         seed_image_cache(&d);
         let (key, public) = ssh_key(d.dir.path());
         let (mut a_ssh, mut b_ssh, mut a_ci, mut b_ci) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..pairs {
+        for i in first..first + pairs {
             let name = format!("bench-deb-{i}");
             let port = free_port();
             let mut spec = debian_spec(&name, &public);
@@ -144,7 +147,7 @@ fn main() {
             b_ci.push(b.cloud_init);
             println!(
                 "pair {i}: paddock ssh {:.1} s, cloud-init {:.1} s | direct ssh {:.1} s, cloud-init {:.1} s",
-                a_ssh[i], a_ci[i], b.ssh, b.cloud_init
+                a_ssh[a_ssh.len() - 1], a_ci[a_ci.len() - 1], b.ssh, b.cloud_init
             );
             let _ = c.remove_with(&name, true, true).await;
             let _ = std::fs::remove_dir_all(&direct_dir);
