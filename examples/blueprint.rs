@@ -47,7 +47,7 @@ pub fn spec(s: &Service, boot: Boot, cloud_image: bool) -> VmSpec {
         .ready_pattern("SERVICE-READY")
         .vsock(true)
         .network(Network::tap())
-        .data_disk(DataDiskSpec { size_gib: 1 })
+        .data_disk(DataDiskSpec::gib(1))
         .cloud_init(CloudInitSpec { runcmd: cloud_image.then(|| run.to_string()).into_iter().collect(), ..Default::default() })
         .service_disk(ServiceDiskSpec {
             files: vec![ServiceFile::host("bin/service", &s.binary)],

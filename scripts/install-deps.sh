@@ -15,6 +15,9 @@ packages=(
     kmod             # depmod: orders the test guest's kernel modules
     iproute2         # network namespaces for the network tests
     nftables         # firewall rules of network leases
+    debootstrap      # builds the Debian cloud guest (scripts/build-debian-guest.sh)
+    e2fsprogs        # mkfs.ext4 -d: the Debian guest's root filesystem without a loop mount
+    openssh-client   # ssh, ssh-keygen: the real-guest tests log in to the Debian guest
 )
 
 find_missing() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: system packages, the test
-# guest (built from Debian packages), then every test of the workspace;
+# guests (built from Debian packages), then every test of the workspace;
 # then, if a real Cloud Hypervisor binary sits next to the clone
 # (../shared/bin/cloud-hypervisor), the Cloud Hypervisor control-plane
 # tests again against it.
@@ -11,6 +11,9 @@ scripts/install-deps.sh
 scripts/install-vsock-device.sh
 scripts/build-test-guest.sh >/dev/null
 scripts/build-guest-service.sh >/dev/null
+# The Debian 12 cloud guest of tests/real_guest.rs (cached; a few minutes
+# the first time).
+scripts/build-debian-guest.sh >/dev/null
 cargo build --workspace --all-targets --all-features --locked
 # The fake Cloud Hypervisor for this run, whatever the environment says.
 env -u CLOUD_HYPERVISOR_BIN cargo test --workspace --all-features --locked -- --nocapture 2>&1

@@ -113,7 +113,7 @@ fn serve_puts_its_socket_in_the_run_dir_unless_told_otherwise() {
 fn kept_volumes_are_listed_and_deleted_by_name() {
     let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[]);
     let mut spec = fake_spec(&d, "vol");
-    spec.data_disk = Some(paddock::DataDiskSpec { size_gib: 1 });
+    spec.data_disk = Some(paddock::DataDiskSpec::gib(1));
     block_on(d.client.up(&spec, paddock::WaitFor::Running, 30)).expect("up");
     let (code, _, err) = paddock(&d, &["volume", "rm", "vol"]);
     assert_eq!(code, 6, "a volume of an existing VM is refused: {err}");

@@ -81,7 +81,7 @@ async fn pull_then_boot_from_an_overlay_and_refuse_removing_a_used_image() {
 async fn a_spec_with_cloud_init_and_a_data_disk_boots_with_both() {
     let d = Daemon::start();
     let mut spec = guest_spec("seeded", "paddock.cat_disk=/dev/vdb");
-    spec.data_disk = Some(paddock::spec::DataDiskSpec { size_gib: 1 });
+    spec.data_disk = Some(paddock::spec::DataDiskSpec { size_gib: 1, mount: None, filesystem: None });
     spec.cloud_init = Some(paddock::spec::CloudInitSpec {
         hostname: Some("db: 1 # not a comment".into()),
         runcmd: vec!["echo hi".into()],

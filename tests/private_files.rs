@@ -101,7 +101,7 @@ fn another_local_user_cannot_read_the_run_or_state_dirs() {
     // parent directory to everyone.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut spec = guest_spec("priv", "");
-    spec.data_disk = Some(paddock::spec::DataDiskSpec { size_gib: 1 });
+    spec.data_disk = Some(paddock::spec::DataDiskSpec::gib(1));
     block_on(d.client.up(&spec, WaitFor::Ready, 120)).expect("up");
     assert_unreadable(&user, &d);
     // Loosened by hand (or made by an older version) while the daemon was

@@ -76,12 +76,14 @@ pub fn marker(name: &str) -> String {
     format!("paddock-{name}")
 }
 
-/// An extra disk of the spec, its file checked and its format known.
+/// A disk of the spec, its file checked, its format and serial known.
 #[derive(Debug, Clone)]
 pub struct CheckedDisk {
     pub path: PathBuf,
     pub format: paddock_images::DiskFormat,
     pub readonly: bool,
+    /// The virtio serial: /dev/disk/by-id/virtio-<serial> in the guest.
+    pub serial: String,
 }
 
 /// A `paddock-images` check failure as a spec error naming the field
@@ -92,9 +94,18 @@ pub fn image_error(e: paddock_images::Error) -> Error {
     Error::InvalidSpec(crate::error::SpecError::new(field, message))
 }
 
-/// Checks every extra disk of `spec` and settles its format.
+/// Checks every disk the guest gets besides a firmware boot disk, in the
+/// order the guest sees them: with a direct kernel boot, `boot.disk` (an
+/// image's overlay by now) first as the root disk (serial `root`), then the
+/// spec's disks (serial `disk<i>` unless set; the data disk and seed come
+/// last, with their own serials).
 pub fn check_disks(spec: &VmSpec) -> Result<Vec<CheckedDisk>, Error> {
     let mut disks = Vec::new();
+    if let (Some(_), Some(root)) = (&spec.boot.kernel, &spec.boot.disk) {
+        check_file("boot.disk", root).map_err(image_error)?;
+        let format = paddock_images::detect_format("boot.disk", root).map_err(image_error)?;
+        disks.push(CheckedDisk { path: root.clone(), format, readonly: false, serial: crate::disks::ROOT_SERIAL.into() });
+    }
     for (i, d) in spec.disks.iter().enumerate() {
         let field = format!("disks[{i}].path");
         paddock_images::check_file(&field, &d.path).map_err(image_error)?;
@@ -102,7 +113,8 @@ pub fn check_disks(spec: &VmSpec) -> Result<Vec<CheckedDisk>, Error> {
             Some(f) => f,
             None => paddock_images::detect_format(&field, &d.path).map_err(image_error)?,
         };
-        disks.push(CheckedDisk { path: d.path.clone(), format, readonly: d.readonly });
+        let serial = d.serial.clone().unwrap_or_else(|| format!("disk{i}"));
+        disks.push(CheckedDisk { path: d.path.clone(), format, readonly: d.readonly, serial });
     }
     Ok(disks)
 }
@@ -138,8 +150,10 @@ pub fn vsock_info(spec: &VmSpec, paths: &RunPaths) -> Option<crate::vsock::Vsock
 }
 
 /// Checks a direct kernel boot's files and returns its initrd and kernel
-/// command line; a leased guest gets the kernel's standard `ip=` argument
-/// (the same for every backend).
+/// command line. A leased guest without a cloud-init seed gets the kernel's
+/// standard `ip=` argument (the same for every backend) with no device
+/// name: the guest's NIC may not be `eth0` (Debian: `enp0s*`). A seed
+/// carries network-config (matched by MAC) instead, and no `ip=`.
 pub fn kernel_boot(
     spec: &VmSpec,
     kernel: &Path,
@@ -149,9 +163,9 @@ pub fn kernel_boot(
     if let Some(i) = &spec.boot.initrd {
         check_file("boot.initrd", i).map_err(image_error)?;
     }
-    let cmdline = match (lease, spec.boot.cmdline.clone()) {
+    let cmdline = match (lease.filter(|_| spec.cloud_init.is_none()), spec.boot.cmdline.clone()) {
         (Some(l), c) => {
-            let ip = format!("ip={}::{}:{}::eth0:off", l.addrs.guest, l.addrs.gateway, l.addrs.netmask());
+            let ip = format!("ip={}::{}:{}:::off", l.addrs.guest, l.addrs.gateway, l.addrs.netmask());
             Some(match c {
                 Some(c) if !c.is_empty() => format!("{c} {ip}"),
                 _ => ip,

@@ -64,6 +64,8 @@ pub enum ConsoleMessage {
     Attach(RpcReplyPort<Result<ConsoleAttach, String>>),
     /// The writer's session ended; the socket is closed.
     Detached,
+    /// The guest rebooted: readiness counts only output that arrives from now.
+    Rearm,
 }
 
 pub struct ConsoleActor;
@@ -74,6 +76,10 @@ pub struct ConsoleArgs {
     pub ready_pattern: Option<Regex>,
     /// Bounds of console.log and its rotations.
     pub limits: ConsoleLogLimits,
+    /// Byte offset in console.log where the current boot's output starts:
+    /// only output from there on counts for readiness (QEMU appends every
+    /// run to the same log).
+    pub ready_from: u64,
 }
 
 pub struct ConsoleState {
@@ -99,10 +105,10 @@ impl Actor for ConsoleActor {
         let log = args.paths.console_log.clone();
         // Start with the newest output (across a rotation), so a restarted
         // console (or a restarted supervisor) still has a backlog.
-        let (backlog, offset) = tokio::task::spawn_blocking(move || read_tail(&log, args.limits.files, RING_BYTES))
+        let (backlog, len) = tokio::task::spawn_blocking(move || read_tail(&log, args.limits.files, RING_BYTES))
             .await?
             .map_err(|e| format!("cannot read {:?}: {e}", args.paths.console_log))?;
-        let tail = LogTail::open(&args.paths.console_log, offset, args.limits)
+        let tail = LogTail::open(&args.paths.console_log, len, args.limits)
             .map_err(|e| format!("cannot open {:?}: {e}", args.paths.console_log))?;
         let watch = FileWatch::new(&args.paths.console_log);
         let pump = tokio::spawn(pump(tail, watch, me.clone()));
@@ -121,7 +127,14 @@ impl Actor for ConsoleActor {
             pump,
             drain: None,
         };
-        st.take_output(&backlog);
+        // The backlog ends with the live file's newest bytes; of those, only
+        // what this boot wrote (after `ready_from`) may make it ready. Older
+        // output (an earlier run, a rotated file) fills the ring but never
+        // counts.
+        let current = usize::try_from(len.saturating_sub(args.ready_from)).unwrap_or(usize::MAX).min(backlog.len());
+        let earlier = backlog.len() - current;
+        st.ring.push(&backlog[..earlier]);
+        st.take_output(&backlog[earlier..]);
         Ok(st)
     }
 
@@ -165,6 +178,10 @@ impl Actor for ConsoleActor {
                     let _ = me.cast(ConsoleMessage::Detached);
                 });
                 let _ = reply.send(Ok(ConsoleAttach { follow: st.follow(), input: tx }));
+            }
+            ConsoleMessage::Rearm => {
+                st.ready_sent = false;
+                st.partial.clear();
             }
             ConsoleMessage::Detached => {
                 st.attached = false;

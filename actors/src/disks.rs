@@ -4,8 +4,8 @@
 //! backend sees, with these as plain disks.
 
 use paddock_images::{
-    create_overlay, ensure_data_disk, write_seed_image, CloudConfig, DiskFormat, ImageCache, InstanceId, MetaData, RunCmd, Seed,
-    SeedFormat, User, UserData, WriteFile,
+    create_overlay, ensure_data_disk, write_seed_image, CloudConfig, DiskFormat, FsSetup, ImageCache, InstanceId, MetaData, RunCmd,
+    Seed, SeedFormat, User, UserData, WriteFile,
 };
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,12 @@ pub const SERVICE_DISK: &str = "service.img";
 /// yet: a failed `up` (or its rollback after a crash) deletes such a disk
 /// with everything else, while a disk a guest has used is kept.
 pub const DATA_DISK_UNUSED: &str = "data.qcow2.unused";
+/// Virtio serials of the disks Paddock makes: the guest sees them as
+/// /dev/disk/by-id/virtio-<serial>, whatever /dev/vdX they get.
+pub const ROOT_SERIAL: &str = "root";
+pub const DATA_SERIAL: &str = "data";
+pub const SEED_SERIAL: &str = "cidata";
+pub const SERVICE_SERIAL: &str = "service";
 /// Random, made once per VM: with the name it gives a stable instance-id
 /// for one VM and a new one for a new VM of the same name.
 const NONCE: &str = "instance-nonce";
@@ -104,7 +110,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
             }
             paddock_images::DataDisk::Existing { .. } => {}
         }
-        out.disks.push(Disk { path, format: Some(DiskFormat::Qcow2), readonly: false });
+        out.disks.push(Disk { path, format: Some(DiskFormat::Qcow2), readonly: false, serial: Some(DATA_SERIAL.into()) });
     }
     if let Some(ci) = &spec.cloud_init {
         let nonce_path = dir.join(NONCE);
@@ -116,24 +122,25 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
                 n
             }
         };
+        let generated = cloud_config(spec);
         let user_data = match &ci.user_data {
-            Some(raw) => UserData::Raw(raw.clone()),
-            None => UserData::CloudConfig(CloudConfig {
-                hostname: Some(ci.hostname.clone().unwrap_or_else(|| spec.name.clone())),
-                users: ci.users.iter().map(|u| User { name: u.name.clone(), ssh_authorized_keys: u.ssh_authorized_keys.clone(), ..Default::default() }).collect(),
-                write_files: ci.write_files.iter().map(|f| WriteFile { path: f.path.clone(), content: f.content.clone(), ..Default::default() }).collect(),
-                runcmd: ci.runcmd.iter().map(|c| RunCmd::Shell(c.clone())).collect(),
-            }),
+            // Only the user's own: passed through untouched.
+            Some(raw) if generated == bare_cloud_config(spec) => UserData::Raw(raw.clone()),
+            Some(raw) => UserData::Combined { generated, user: raw.clone() },
+            None => UserData::CloudConfig(generated),
         };
         let seed = Seed {
             meta_data: MetaData {
                 instance_id: InstanceId::derive(&spec.name, nonce.trim()),
-                local_hostname: ci.hostname.clone().unwrap_or_else(|| spec.name.clone()),
+                local_hostname: hostname(spec),
             },
             user_data,
             network_config: network,
         };
-        let files = seed.render().map_err(|e| io("cloud_init", e))?;
+        let files = seed.render().map_err(|e| match e {
+            paddock_images::SeedError::Multipart(m) => SpecError::new("cloud_init.user_data", m.to_string()).into(),
+            e => io("cloud_init", e),
+        })?;
         let name = match ci.format {
             SeedFormat::Iso => "seed.iso",
             SeedFormat::Vfat => "seed.img",
@@ -142,10 +149,10 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
         // Rewritten each start: the spec (and the lease) may have changed.
         let _ = std::fs::remove_file(&path);
         write_seed_image(&files, ci.format, &path).map_err(|e| io("cloud_init seed", e))?;
-        out.disks.push(Disk { path, format: Some(DiskFormat::Raw), readonly: true });
+        out.disks.push(Disk { path, format: Some(DiskFormat::Raw), readonly: true, serial: Some(SEED_SERIAL.into()) });
     }
     if let Some(sd) = &spec.service_disk {
-        out.disks.push(Disk { path: write_service_disk(sd, dir)?, format: Some(DiskFormat::Raw), readonly: true });
+        out.disks.push(Disk { path: write_service_disk(sd, dir)?, format: Some(DiskFormat::Raw), readonly: true, serial: Some(SERVICE_SERIAL.into()) });
     }
     Ok(out)
 }
@@ -184,6 +191,50 @@ fn gib(bytes: u64) -> String {
 /// A guest booted with the VM's disks: its data disk is now worth keeping.
 pub fn data_disk_used(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(DATA_DISK_UNUSED));
+}
+
+/// What a spec's cloud-init would generate with no typed field set: then
+/// a raw user_data needs no multipart around it.
+fn bare_cloud_config(spec: &VmSpec) -> CloudConfig {
+    CloudConfig { hostname: Some(hostname(spec)), ..Default::default() }
+}
+
+fn hostname(spec: &VmSpec) -> String {
+    spec.cloud_init.as_ref().and_then(|c| c.hostname.clone()).unwrap_or_else(|| spec.name.clone())
+}
+
+/// The cloud-config generated from the spec's typed fields (and its data
+/// disk's `mount`).
+pub fn cloud_config(spec: &VmSpec) -> CloudConfig {
+    let mut c = bare_cloud_config(spec);
+    if let Some(ci) = &spec.cloud_init {
+        c.users = ci
+            .users
+            .iter()
+            .map(|u| User {
+                name: u.name.clone(),
+                ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+                sudo: u.sudo.clone(),
+                shell: u.shell.clone(),
+                groups: u.groups.clone(),
+                lock_passwd: u.lock_passwd,
+            })
+            .collect();
+        c.write_files = ci.write_files.iter().map(|f| WriteFile { path: f.path.clone(), content: f.content.clone(), ..Default::default() }).collect();
+        c.bootcmd = ci.bootcmd.iter().map(|b| RunCmd::Shell(b.clone())).collect();
+        c.runcmd = ci.runcmd.iter().map(|r| RunCmd::Shell(r.clone())).collect();
+    }
+    if let Some((mount, fs)) = spec.data_disk.as_ref().and_then(|d| d.mount.as_ref().map(|m| (m, d.filesystem.unwrap_or_default()))) {
+        let device = format!("/dev/disk/by-id/virtio-{DATA_SERIAL}");
+        // partition "auto" on the whole disk: cloud-init 22.4 formats it only
+        // if it has no filesystem at all, and reuses one with this type and
+        // label (a new instance on a kept disk after `rm` + `up`). "none"
+        // would run mkfs -F on every new instance.
+        c.fs_setup.push(FsSetup { label: DATA_SERIAL.into(), filesystem: fs.as_str().into(), device: device.clone(), partition: "auto".into(), overwrite: false });
+        // nofail: a missing disk must not hold the boot in emergency mode.
+        c.mounts.push(vec![device, mount.clone(), fs.as_str().into(), "defaults,nofail".into(), "0".into(), "2".into()]);
+    }
+    c
 }
 
 /// Deletes the VM's disks; the data disk only with `volumes`, or if no

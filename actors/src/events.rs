@@ -35,6 +35,8 @@ pub enum EventKind {
     /// A child actor failed and was restarted alone.
     ChildRestarted { child: String },
     GuestPanicked,
+    /// The guest rebooted; it is not ready until its new boot says so.
+    GuestReset,
     /// A supervisor restart found the VM's process alive and took it back.
     Adopted { pid: i32 },
     /// A supervisor restart found the VM's process gone.

@@ -26,6 +26,7 @@ pub mod events;
 pub mod lease;
 pub mod netmgr;
 pub mod private_dir;
+pub mod probe;
 pub mod failpoint;
 pub mod file_watch;
 pub mod process;

@@ -160,6 +160,13 @@ impl NetManager {
             }
             return Err(e);
         }
+        // Forwards reachable on the host's 127.0.0.1 (see paddock_net::localnet).
+        if let Err(e) = paddock_net::enable_route_localnet(&lease.tap) {
+            if created {
+                let _ = links.delete(li.index, &lease.tap).await;
+            }
+            return Err(e);
+        }
         match pending {
             Some(p) => p.persist(),
             None => Ok(()),

@@ -48,9 +48,14 @@ pub struct VmSpec {
     #[serde(default)]
     #[builder(default)]
     pub accel: Accel,
-    /// A regular expression; the VM is "ready" once a console line matches.
+    /// A regular expression; the VM is "ready" once a console line of the
+    /// current boot matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_pattern: Option<String>,
+    /// A readiness probe besides the pattern (both must pass when both are
+    /// set): e.g. `{ tcp = 22 }`, the guest's SSH port answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_probe: Option<ReadyProbe>,
     #[serde(default)]
     #[builder(default)]
     pub restart: RestartSpec,
@@ -245,6 +250,50 @@ impl ServiceDiskSpec {
 #[serde(deny_unknown_fields)]
 pub struct DataDiskSpec {
     pub size_gib: u64,
+    /// Where the guest mounts it (needs `cloud_init`): cloud-init makes the
+    /// filesystem on first boot only and mounts it on every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The filesystem made on it; needs `mount`. Default ext4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<Filesystem>,
+}
+
+impl DataDiskSpec {
+    /// A data disk of `size_gib`, attached unformatted (no `mount`).
+    pub fn gib(size_gib: u64) -> Self {
+        DataDiskSpec { size_gib, mount: None, filesystem: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+    Xfs,
+    Btrfs,
+}
+
+impl Filesystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+            Filesystem::Btrfs => "btrfs",
+        }
+    }
+}
+
+/// How Paddock decides, besides `ready_pattern`, that the guest is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyProbe {
+    /// A guest TCP port: on a TAP lease, ready when a connection to the
+    /// guest's address is accepted; through a user-mode forward (QEMU
+    /// accepts those itself), when the guest sends its first bytes (SSH's
+    /// banner does).
+    pub tcp: u16,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,10 +306,15 @@ pub struct CloudInitSpec {
     pub users: Vec<CloudInitUser>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write_files: Vec<CloudInitFile>,
+    /// Shell commands run once per instance (first boot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runcmd: Vec<String>,
-    /// Your own user-data (e.g. `#cloud-config ...`), passed through as is;
-    /// instead of users, write_files and runcmd.
+    /// Shell commands run early on every boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootcmd: Vec<String>,
+    /// Your own user-data (any format cloud-init reads). Alone it is
+    /// passed through as is; with the typed fields, both become parts of
+    /// one MIME multipart user-data and cloud-init merges them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
     /// iso (volume `cidata`, default) or vfat (label `CIDATA`).
@@ -274,6 +328,16 @@ pub struct CloudInitUser {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_authorized_keys: Vec<String>,
+    /// A sudoers rule, e.g. `ALL=(ALL) NOPASSWD:ALL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// cloud-init's default is true (no password login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_passwd: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,7 +371,9 @@ impl BackendKind {
     }
 }
 
-/// Either a direct kernel boot or a disk booted by firmware.
+/// A direct kernel boot, a disk booted by firmware, or both: with
+/// `kernel`, a `disk` or `image` is the guest's first disk (its root disk,
+/// e.g. `root=LABEL=...` or `/dev/vda` in `cmdline`) and no firmware runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
@@ -321,8 +387,9 @@ pub struct Boot {
     pub disk: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<PathBuf>,
-    /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted by
-    /// firmware through the VM's own copy-on-write overlay.
+    /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted
+    /// through the VM's own copy-on-write overlay: by firmware, or with
+    /// `kernel` as the root disk of a direct kernel boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The overlay's size; defaults to the image's (never smaller).
@@ -362,6 +429,10 @@ pub struct Disk {
     pub format: Option<DiskFormat>,
     #[serde(default)]
     pub readonly: bool,
+    /// The virtio serial (up to 20 of A-Z a-z 0-9 - _): the guest finds the
+    /// disk as /dev/disk/by-id/virtio-<serial>. Default `disk<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -520,6 +591,24 @@ pub fn image_digest(image: &str) -> Result<String, SpecError> {
         .ok_or_else(|| SpecError::new("boot.image", format!("{image:?} is not sha256:<64 hex digits>; see `paddock image ls`")))
 }
 
+/// An absolute guest path, one line, no spaces (it lands in fstab).
+fn check_guest_path(field: &str, p: &str) -> Result<(), SpecError> {
+    if !p.starts_with('/') || p.len() > 255 || p.chars().any(|c| c.is_whitespace() || c.is_control()) || p.split('/').any(|c| c == "..") {
+        return Err(SpecError::new(field, format!("{p:?} must be an absolute path without spaces, control characters or '..' (e.g. \"/srv/data\")")));
+    }
+    Ok(())
+}
+
+/// The longest serial virtio-blk passes to the guest.
+pub const MAX_SERIAL_LEN: usize = 20;
+
+fn check_serial(field: &str, s: &str) -> Result<(), SpecError> {
+    if s.is_empty() || s.len() > MAX_SERIAL_LEN || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(SpecError::new(field, format!("{s:?}: use 1 to {MAX_SERIAL_LEN} characters of A-Z, a-z, 0-9, '-' and '_'")));
+    }
+    Ok(())
+}
+
 impl VmSpec {
     /// Checks every value that does not need the host. Files are checked by
     /// the backend's `prepare`, which knows which ones it needs.
@@ -540,15 +629,11 @@ impl VmSpec {
         if self.memory_mib > 1 << 20 {
             return Err(SpecError::new("memory_mib", format!("{} MiB is more than 1 TiB", self.memory_mib)));
         }
-        let sources = [self.boot.kernel.is_some(), self.boot.disk.is_some(), self.boot.image.is_some()].iter().filter(|b| **b).count();
-        if sources > 1 {
-            return Err(SpecError::new("boot", "set one of boot.kernel, boot.disk or boot.image"));
+        if self.boot.disk.is_some() && self.boot.image.is_some() {
+            return Err(SpecError::new("boot", "set boot.disk or boot.image, not both (either one may go with boot.kernel)"));
         }
         if let Some(image) = &self.boot.image {
             image_digest(image)?;
-            if self.boot.initrd.is_some() || self.boot.cmdline.is_some() {
-                return Err(SpecError::new("boot", "boot.initrd and boot.cmdline need boot.kernel"));
-            }
         }
         if self.boot.overlay_gib.is_some() && self.boot.image.is_none() {
             return Err(SpecError::new("boot.overlay_gib", "an overlay size needs boot.image"));
@@ -557,10 +642,41 @@ impl VmSpec {
             if d.size_gib == 0 || d.size_gib > 64 * 1024 {
                 return Err(SpecError::new("data_disk.size_gib", format!("must be between 1 and 65536 (got {})", d.size_gib)));
             }
+            if d.filesystem.is_some() && d.mount.is_none() {
+                return Err(SpecError::new("data_disk.filesystem", "a filesystem needs data_disk.mount (e.g. \"/srv/data\")"));
+            }
+            if let Some(m) = &d.mount {
+                check_guest_path("data_disk.mount", m)?;
+                if m == "/" {
+                    return Err(SpecError::new("data_disk.mount", "\"/\" is the root filesystem; mount the data disk elsewhere, e.g. \"/srv/data\""));
+                }
+                if self.cloud_init.is_none() {
+                    return Err(SpecError::new("data_disk.mount", "cloud-init formats and mounts the disk; add a [cloud_init] section"));
+                }
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if let Some(serial) = &d.serial {
+                check_serial(&format!("disks[{i}].serial"), serial)?;
+            }
         }
         if let Some(ci) = &self.cloud_init {
-            if ci.user_data.is_some() && (!ci.users.is_empty() || !ci.write_files.is_empty() || !ci.runcmd.is_empty()) {
-                return Err(SpecError::new("cloud_init.user_data", "give your own user_data, or users/write_files/runcmd, not both"));
+            let typed = !ci.users.is_empty() || !ci.write_files.is_empty() || !ci.runcmd.is_empty() || !ci.bootcmd.is_empty();
+            let mounts = self.data_disk.as_ref().is_some_and(|d| d.mount.is_some());
+            if let (Some(raw), true) = (&ci.user_data, typed || mounts) {
+                // Combined as MIME multipart: its part needs a known type.
+                paddock_images::multipart_part_type(raw).map_err(|e| SpecError::new("cloud_init.user_data", e.to_string()))?;
+            }
+            for (i, u) in ci.users.iter().enumerate() {
+                if u.name.is_empty() || u.name.len() > 32 || u.name.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')) {
+                    return Err(SpecError::new(format!("cloud_init.users[{i}].name"), "use 1 to 32 characters of a-z, A-Z, 0-9, '.', '-' and '_'"));
+                }
+                if let Some(shell) = &u.shell {
+                    check_guest_path(&format!("cloud_init.users[{i}].shell"), shell)?;
+                }
+                if u.sudo.as_deref().is_some_and(|r| r.contains('\n') || r.trim().is_empty()) {
+                    return Err(SpecError::new(format!("cloud_init.users[{i}].sudo"), "one sudoers rule on one line, e.g. \"ALL=(ALL) NOPASSWD:ALL\""));
+                }
             }
             if let Some(h) = &ci.hostname {
                 if h.is_empty() || h.len() > 253 || h.contains('\0') {
@@ -571,19 +687,19 @@ impl VmSpec {
         if let Some(sd) = &self.service_disk {
             sd.validate()?;
         }
-        match (&self.boot.kernel, &self.boot.disk) {
-            (None, None) if self.boot.image.is_some() => {}
-            (None, None) => {
+        let root_disk = self.boot.disk.is_some() || self.boot.image.is_some();
+        match (&self.boot.kernel, root_disk) {
+            (None, false) => {
                 return Err(SpecError::new(
                     "boot",
                     "nothing to boot: set boot.kernel (direct kernel boot), boot.disk (firmware boot) or boot.image (a pulled image)",
                 ));
             }
-            (None, Some(_)) if self.boot.initrd.is_some() || self.boot.cmdline.is_some() => {
+            (None, true) if self.boot.initrd.is_some() || self.boot.cmdline.is_some() => {
                 return Err(SpecError::new("boot", "boot.initrd and boot.cmdline need boot.kernel"));
             }
-            (Some(_), None) if self.boot.firmware.is_some() => {
-                return Err(SpecError::new("boot.firmware", "firmware is only used with boot.disk"));
+            (Some(_), _) if self.boot.firmware.is_some() => {
+                return Err(SpecError::new("boot.firmware", "firmware is not used with boot.kernel (the kernel boots directly); remove one"));
             }
             _ => {}
         }
@@ -608,6 +724,18 @@ impl VmSpec {
         }
         paddock_net::check_forwards(&self.network.forwards)
             .map_err(|e| SpecError::new("network.forwards", e.to_string()))?;
+        if let Some(probe) = &self.ready_probe {
+            if probe.tcp == 0 {
+                return Err(SpecError::new("ready_probe.tcp", "a port between 1 and 65535"));
+            }
+            let forwarded = self.network.forwards.iter().any(|f| f.guest == probe.tcp && f.protocol == paddock_net::Protocol::Tcp);
+            if self.network.mode != NetworkMode::Tap && !forwarded {
+                return Err(SpecError::new(
+                    "ready_probe.tcp",
+                    format!("the host cannot reach guest port {}: use network.mode = \"tap\", or forward it (forwards = [{{ host = 8022, guest = {} }}])", probe.tcp, probe.tcp),
+                ));
+            }
+        }
         if let Some(pattern) = &self.ready_pattern {
             regex::RegexBuilder::new(pattern)
                 .size_limit(1 << 20)
@@ -668,9 +796,11 @@ mod tests {
     }
 
     #[test]
-    fn boot_needs_exactly_one_source() {
+    fn boot_needs_a_source_and_at_most_one_root_disk() {
         let mut s = spec();
         s.boot.disk = Some("/d".into());
+        s.validate().expect("a kernel with its root disk");
+        s.boot.image = Some(format!("sha256:{}", "a".repeat(64)));
         assert_eq!(s.validate().unwrap_err().field, "boot");
         s.boot = Boot::default();
         assert_eq!(s.validate().unwrap_err().field, "boot");
@@ -701,13 +831,54 @@ mod tests {
         s.boot.image = Some(format!("sha256:{}", "a".repeat(64)));
         s.validate().unwrap();
         s.boot.kernel = Some("/k".into());
-        assert_eq!(s.validate().unwrap_err().field, "boot", "two boot sources");
+        s.boot.cmdline = Some("root=LABEL=root".into());
+        s.validate().expect("an image is the root disk of a kernel boot");
+        s.boot.disk = Some("/d".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot", "two root disks");
+        s.boot.disk = None;
+        s.boot.firmware = Some("/fw".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot.firmware");
         let mut s = spec();
-        s.data_disk = Some(DataDiskSpec { size_gib: 0 });
+        s.data_disk = Some(DataDiskSpec { size_gib: 0, mount: None, filesystem: None });
         assert_eq!(s.validate().unwrap_err().field, "data_disk.size_gib");
         let mut s = spec();
         s.cloud_init = Some(CloudInitSpec { user_data: Some("#cloud-config".into()), runcmd: vec!["x".into()], ..Default::default() });
-        assert_eq!(s.validate().unwrap_err().field, "cloud_init.user_data");
+        s.validate().expect("raw user-data goes with typed fields (multipart)");
+    }
+
+    #[test]
+    fn data_disk_mount_is_checked() {
+        let mut s = spec();
+        s.data_disk = Some(DataDiskSpec { size_gib: 1, mount: Some("/srv/data".into()), filesystem: None });
+        assert_eq!(s.validate().unwrap_err().field, "data_disk.mount", "needs cloud_init");
+        s.cloud_init = Some(CloudInitSpec::default());
+        s.validate().unwrap();
+        for bad in ["srv", "/", "/srv/a b", "/srv/../etc", "/x\n/y"] {
+            s.data_disk.as_mut().unwrap().mount = Some(bad.into());
+            assert_eq!(s.validate().unwrap_err().field, "data_disk.mount", "{bad:?}");
+        }
+        s.data_disk = Some(DataDiskSpec { size_gib: 1, mount: None, filesystem: Some(Filesystem::Xfs) });
+        assert_eq!(s.validate().unwrap_err().field, "data_disk.filesystem");
+    }
+
+    #[test]
+    fn users_serials_and_probe_are_checked() {
+        let mut s = spec();
+        s.cloud_init = Some(CloudInitSpec {
+            users: vec![CloudInitUser { name: "ops".into(), shell: Some("bash".into()), ..Default::default() }],
+            ..Default::default()
+        });
+        assert_eq!(s.validate().unwrap_err().field, "cloud_init.users[0].shell");
+        s.cloud_init.as_mut().unwrap().users[0] = CloudInitUser { name: "o ps".into(), ..Default::default() };
+        assert_eq!(s.validate().unwrap_err().field, "cloud_init.users[0].name");
+        let mut s = spec();
+        s.disks = vec![Disk { path: "/d".into(), format: None, readonly: false, serial: Some("a".repeat(21)) }];
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].serial");
+        let mut s = spec();
+        s.ready_probe = Some(ReadyProbe { tcp: 22 });
+        assert_eq!(s.validate().unwrap_err().field, "ready_probe.tcp", "no network");
+        s.network.mode = NetworkMode::Tap;
+        s.validate().unwrap();
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod cache;
 mod error;
 mod fat;
 mod format;
+mod multipart;
 mod qcow2;
 mod quote;
 mod seed;
@@ -35,10 +36,11 @@ pub use cache::{parse_sha256, CacheError, CacheOptions, CachedImage, ImageCache,
 pub use error::{Error, Result};
 pub use fat::FatError;
 pub use format::{detect_format, DiskFormat};
+pub use multipart::{part_type as multipart_part_type, MultipartError, USER_MERGE_TYPE};
 pub use qcow2::{backing_file, create_overlay, ensure_data_disk, DataDisk, Overlay, Qcow2Error, MAX_VIRTUAL_SIZE};
 pub use quote::{shell_quote, shell_quote_checked, QuoteError};
 pub use seed::{
-    CloudConfig, Ethernet, InstanceId, Match, MetaData, Nameservers, NetworkConfig, Route, RunCmd, Seed, SeedError, SeedFiles,
+    CloudConfig, Ethernet, FsSetup, InstanceId, Match, MetaData, Nameservers, NetworkConfig, Route, RunCmd, Seed, SeedError, SeedFiles,
     User, UserData, WriteFile,
 };
 pub use seed_image::{write_seed_image, SeedFormat, SeedImageError};

@@ -21,6 +21,8 @@ pub enum SeedError {
     },
     #[error("meta-data.instance-id: must not be empty")]
     EmptyInstanceId,
+    #[error(transparent)]
+    Multipart(#[from] crate::multipart::MultipartError),
 }
 
 /// A cloud-init instance id: cloud-init runs its once-per-instance steps
@@ -62,12 +64,14 @@ pub struct MetaData {
     pub local_hostname: String,
 }
 
-/// The user-data file: a generated `#cloud-config`, or the user's own
-/// user-data (any format cloud-init understands) passed through verbatim.
+/// The user-data file: a generated `#cloud-config`, the user's own
+/// user-data (any format cloud-init understands) passed through verbatim,
+/// or both as one MIME multipart message (see [`crate::multipart`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserData {
     CloudConfig(CloudConfig),
     Raw(String),
+    Combined { generated: CloudConfig, user: String },
 }
 
 /// The `#cloud-config` keys Paddock generates. Empty fields are left out.
@@ -79,8 +83,32 @@ pub struct CloudConfig {
     pub users: Vec<User>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub write_files: Vec<WriteFile>,
+    /// Run early on every boot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bootcmd: Vec<RunCmd>,
+    /// Run once per instance, late in the first boot.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runcmd: Vec<RunCmd>,
+    /// Filesystems cloud-init makes (once: an existing one is kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fs_setup: Vec<FsSetup>,
+    /// fstab entries: `[device, mount point, type, options, dump, pass]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Vec<String>>,
+}
+
+/// A `fs_setup:` item: a filesystem on a whole device or a partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FsSetup {
+    pub label: String,
+    pub filesystem: String,
+    pub device: String,
+    /// `auto`: the first free place on the device (the whole device when
+    /// it has no partitions), and none at all if a filesystem with this
+    /// type and label exists already.
+    pub partition: String,
+    /// false: a device that already has a filesystem is left alone.
+    pub overwrite: bool,
 }
 
 /// A user account (cloud-config `users:` item).
@@ -164,7 +192,8 @@ pub struct Match {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
-    /// `default` or a CIDR.
+    /// A CIDR; the default route is `0.0.0.0/0` (cloud-init 22.4 rejects
+    /// netplan's `default`).
     pub to: String,
     pub via: String,
 }
@@ -218,6 +247,9 @@ impl Seed {
             // cloud-init recognises cloud-config by this first line.
             UserData::CloudConfig(c) => format!("#cloud-config\n{}", yaml("user-data", c)?),
             UserData::Raw(s) => s.clone(),
+            UserData::Combined { generated, user } => {
+                crate::multipart::combine(&format!("#cloud-config\n{}", yaml("user-data", generated)?), user)?
+            }
         };
         Ok(SeedFiles {
             meta_data: yaml("meta-data", &self.meta_data)?,
@@ -246,6 +278,7 @@ mod tests {
                 }],
                 write_files: vec![WriteFile { path: "/etc/x".into(), content: "line1\nline2: x\n".into(), ..Default::default() }],
                 runcmd: vec![RunCmd::Argv(vec!["echo".into(), "- not a list item".into()]), RunCmd::Shell("echo hi".into())],
+                ..Default::default()
             }),
             network_config: Some(NetworkConfig {
                 ethernets: BTreeMap::from([(
@@ -253,7 +286,7 @@ mod tests {
                     Ethernet {
                         match_: Some(Match { macaddress: Some("52:54:00:12:34:56".into()), name: None }),
                         addresses: vec!["10.0.0.2/24".into()],
-                        routes: vec![Route { to: "default".into(), via: "10.0.0.1".into() }],
+                        routes: vec![Route { to: "0.0.0.0/0".into(), via: "10.0.0.1".into() }],
                         ..Default::default()
                     },
                 )]),
@@ -285,6 +318,37 @@ mod tests {
         assert_ne!(InstanceId::derive("web", "n1"), InstanceId::derive("web", "n2"));
         // The separator keeps ("ab","c") and ("a","bc") apart.
         assert_ne!(InstanceId::derive("ab", "c"), InstanceId::derive("a", "bc"));
+    }
+
+    #[test]
+    fn data_disk_and_bootcmd_render_as_cloud_init_keys() {
+        let mut s = seed("h");
+        let UserData::CloudConfig(c) = &mut s.user_data else { unreachable!() };
+        c.bootcmd = vec![RunCmd::Shell("echo boot".into())];
+        c.fs_setup = vec![FsSetup {
+            label: "data".into(),
+            filesystem: "ext4".into(),
+            device: "/dev/disk/by-id/virtio-data".into(),
+            partition: "auto".into(),
+            overwrite: false,
+        }];
+        c.mounts = vec![vec!["/dev/disk/by-id/virtio-data".into(), "/srv/data".into(), "ext4".into(), "defaults,nofail".into(), "0".into(), "2".into()]];
+        let ud: serde_norway::Value = serde_norway::from_str(&s.render().unwrap().user_data).unwrap();
+        assert_eq!(ud["bootcmd"][0].as_str(), Some("echo boot"));
+        assert_eq!(ud["fs_setup"][0]["partition"].as_str(), Some("auto"));
+        assert_eq!(ud["fs_setup"][0]["overwrite"].as_bool(), Some(false));
+        assert_eq!(ud["mounts"][0][1].as_str(), Some("/srv/data"));
+    }
+
+    #[test]
+    fn combined_user_data_is_multipart_with_both_parts() {
+        let mut s = seed("h");
+        let UserData::CloudConfig(c) = s.user_data.clone() else { unreachable!() };
+        s.user_data = UserData::Combined { generated: c, user: "#cloud-config\npackages: [htop]\n".into() };
+        let text = s.render().unwrap().user_data;
+        assert!(text.starts_with("Content-Type: multipart/mixed;"), "{text}");
+        assert!(text.contains("\n#cloud-config\nhostname: h\n"), "{text}");
+        assert!(text.contains("packages: [htop]"), "{text}");
     }
 
     #[test]

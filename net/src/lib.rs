@@ -11,6 +11,7 @@ mod cmd;
 mod error;
 mod forward;
 pub mod link;
+mod localnet;
 mod mac;
 pub mod names;
 pub mod nft;
@@ -19,6 +20,7 @@ pub mod tap;
 
 pub use error::{Error, Result};
 pub use forward::{check_forwards, PortForward, Protocol};
+pub use localnet::enable_route_localnet;
 pub use mac::MacAddress;
 pub use pool::{LeaseAddrs, Pool, LEASE_PREFIX};
 

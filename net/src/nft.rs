@@ -68,6 +68,9 @@ pub fn render(cfg: &TableConfig, leases: &[LeaseRules]) -> String {
         let _ = writeln!(s, "\t\tiifname \"{}\" ether saddr != {} counter drop comment \"spoof {}\"", l.tap, l.mac, l.vm);
         let _ = writeln!(s, "\t\tiifname \"{}\" ip saddr != {} counter drop comment \"spoof {}\"", l.tap, l.guest, l.vm);
     }
+    // TAPs have route_localnet (for forwards from the host's loopback):
+    // a guest must never reach the host's 127.0.0.0/8 through it.
+    let _ = writeln!(s, "\t\tiifname {all_taps} ip daddr 127.0.0.0/8 counter drop comment \"no loopback from guests\"");
     let _ = writeln!(s, "\t}}");
 
     // Port forwards: traffic to any local address of the host.
@@ -123,6 +126,9 @@ pub fn render(cfg: &TableConfig, leases: &[LeaseRules]) -> String {
     let _ = writeln!(s, "\t}}");
 
     let _ = writeln!(s, "\tchain pd_postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;");
+    // A forward used from the host itself (127.0.0.1:PORT): give the packet
+    // the TAP's address as source, so the guest's reply routes back.
+    let _ = writeln!(s, "\t\toifname {all_taps} ip saddr 127.0.0.0/8 ct status dnat masquerade comment \"forwards from the host's loopback\"");
     match &cfg.masquerade {
         Masquerade::Off => {}
         Masquerade::AnyUplink => {

@@ -2,6 +2,7 @@
 //! test in its own directories, event waits with deadlines, leak checks.
 #![allow(dead_code)]
 
+pub mod debian;
 pub mod service;
 
 use http_body_util::BodyExt as _;

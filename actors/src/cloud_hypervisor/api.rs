@@ -79,6 +79,9 @@ pub struct DiskConfig {
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_type: Option<ImageType>,
+    /// The virtio serial: /dev/disk/by-id/virtio-<serial> in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// `NetConfig`: the TAP device and MAC of the VM's network lease.

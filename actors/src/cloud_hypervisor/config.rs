@@ -55,12 +55,24 @@ pub fn vm_config(c: &ChConfig) -> VmConfig {
             firmware: None,
         },
         ChBoot::Disk { disk, format, firmware } => {
-            disks.push(DiskConfig { path: disk.clone(), readonly: false, id: Some("boot0".into()), image_type: Some(image_type(*format)) });
+            disks.push(DiskConfig {
+                path: disk.clone(),
+                readonly: false,
+                id: Some("boot0".into()),
+                image_type: Some(image_type(*format)),
+                serial: Some(crate::disks::ROOT_SERIAL.into()),
+            });
             PayloadConfig { firmware: Some(firmware.clone()), ..Default::default() }
         }
     };
     for (i, d) in c.disks.iter().enumerate() {
-        disks.push(DiskConfig { path: d.path.clone(), readonly: d.readonly, id: Some(format!("disk{i}")), image_type: Some(image_type(d.format)) });
+        disks.push(DiskConfig {
+            path: d.path.clone(),
+            readonly: d.readonly,
+            id: Some(format!("disk{i}")),
+            image_type: Some(image_type(d.format)),
+            serial: Some(d.serial.clone()),
+        });
     }
     VmConfig {
         cpus: CpusConfig { boot_vcpus: c.vcpus, max_vcpus: c.vcpus },
@@ -112,9 +124,26 @@ mod tests {
     fn firmware_disk_vsock_golden() {
         let mut c = base();
         c.boot = ChBoot::Disk { disk: "/img/root.qcow2".into(), format: DiskFormat::Qcow2, firmware: "/fw/hypervisor-fw".into() };
-        c.disks = vec![ChDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true }];
+        c.disks = vec![ChDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true, serial: "disk0".into() }];
         c.vsock_cid = Some(42);
         golden("ch-disk-vsock.vm-create.json", &pretty(&c));
+    }
+
+    /// A cloud image booted by its kernel: the overlay is the first disk.
+    #[test]
+    fn kernel_with_root_disk_golden() {
+        let mut c = base();
+        c.boot = ChBoot::Kernel {
+            kernel: "/guest/vmlinuz".into(),
+            initrd: Some("/guest/initrd.img".into()),
+            cmdline: Some("console=ttyS0 root=LABEL=root rw".into()),
+        };
+        c.disks = vec![
+            ChDisk { path: "/state/vms/web/root.qcow2".into(), format: DiskFormat::Qcow2, readonly: false, serial: "root".into() },
+            ChDisk { path: "/state/vms/web/seed.iso".into(), format: DiskFormat::Raw, readonly: true, serial: "cidata".into() },
+        ];
+        c.tap = Some(("pdtap7".into(), "02:50:44:00:00:07".into()));
+        golden("ch-kernel-root-disk.vm-create.json", &pretty(&c));
     }
 
     #[test]

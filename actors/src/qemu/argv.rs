@@ -124,7 +124,7 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
                 push("-bios", fw.to_string_lossy().into_owned());
             }
             push("-drive", format!("file={},if=none,id=boot0,format={}", opt_path(disk), format.as_str()));
-            push("-device", "virtio-blk-pci,drive=boot0,bootindex=0".into());
+            push("-device", format!("virtio-blk-pci,drive=boot0,bootindex=0,serial={}", crate::disks::ROOT_SERIAL));
         }
     }
     for (i, d) in cfg.disks.iter().enumerate() {
@@ -133,7 +133,9 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
             "-drive",
             format!("file={},if=none,id=disk{i},format={}{ro}", opt_path(&d.path), d.format.as_str()),
         );
-        push("-device", format!("virtio-blk-pci,drive=disk{i}"));
+        // serial=: the guest's /dev/disk/by-id/virtio-<serial> (validated
+        // to [A-Za-z0-9_-], so it needs no escaping).
+        push("-device", format!("virtio-blk-pci,drive=disk{i},serial={}", d.serial));
     }
     push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
     push("-device", "virtio-rng-pci,rng=rng0".into());
@@ -210,7 +212,7 @@ mod tests {
         let mut c = base();
         c.accel = Accel::Kvm;
         c.boot = QemuBoot::Disk { disk: "/img/root,1.qcow2".into(), format: DiskFormat::Qcow2, firmware: Some("/fw/bios.bin".into()) };
-        c.disks = vec![QemuDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true }];
+        c.disks = vec![QemuDisk { path: "/img/data.raw".into(), format: DiskFormat::Raw, readonly: true, serial: "disk0".into() }];
         c.on_panic = OnPanic::Pause;
         c.net = QemuNet::User {
             mac: MacAddress::for_vm("web"),
@@ -227,6 +229,25 @@ mod tests {
         let mut c = base();
         c.net = QemuNet::Tap { ifname: "pdtap7".into(), mac: "02:50:44:00:00:07".into() };
         golden("qemu-tap.argv", &build(&c));
+    }
+
+    /// A cloud image booted by its kernel: the overlay is the first disk
+    /// (root), then the data disk and the seed, each with its serial.
+    #[test]
+    fn kernel_with_root_disk_golden() {
+        let mut c = base();
+        c.boot = QemuBoot::Kernel {
+            kernel: "/guest/vmlinuz".into(),
+            initrd: Some("/guest/initrd.img".into()),
+            cmdline: Some("console=ttyS0 root=LABEL=root rw".into()),
+        };
+        c.disks = vec![
+            QemuDisk { path: "/state/vms/web/root.qcow2".into(), format: DiskFormat::Qcow2, readonly: false, serial: "root".into() },
+            QemuDisk { path: "/state/vms/web/data.qcow2".into(), format: DiskFormat::Qcow2, readonly: false, serial: "data".into() },
+            QemuDisk { path: "/state/vms/web/seed.iso".into(), format: DiskFormat::Raw, readonly: true, serial: "cidata".into() },
+        ];
+        c.net = QemuNet::Tap { ifname: "pdtap7".into(), mac: "02:50:44:00:00:07".into() };
+        golden("qemu-kernel-root-disk.argv", &build(&c));
     }
 
     #[test]

@@ -83,7 +83,17 @@ struct Run {
     control: Option<ActorRef<ControlMessage>>,
     console: Option<ActorRef<ConsoleMessage>>,
     control_up: bool,
+    /// Ready: the console pattern (if any) matched and the probe (if any)
+    /// answered, both in the current boot.
     ready: bool,
+    console_ready: bool,
+    probe_ready: bool,
+    /// Counts guest reboots within this run; a probe answer names its boot.
+    boot: u64,
+    /// Where this run's output starts in console.log (see ConsoleArgs).
+    ready_from: u64,
+    probe_target: Option<crate::probe::ProbeTarget>,
+    probe: Option<crate::probe::Probe>,
     started: Instant,
     /// The guest reported a panic (pvpanic): its end is a failure even if
     /// the hypervisor exits 0.
@@ -214,7 +224,8 @@ impl Actor for VmActor {
             VmMessage::ControlUp { status } => st.on_control_up(&me, status).await,
             VmMessage::ControlFailed { error } => st.on_control_failed(error),
             VmMessage::Control(ev) => st.on_control_event(&me, ev).await,
-            VmMessage::ConsoleReady => st.on_ready().await,
+            VmMessage::ConsoleReady => st.on_console_ready().await,
+            VmMessage::ProbeReady { boot } => st.on_probe_ready(boot).await,
             VmMessage::LadderTimeout { attempt, rung } => st.escalate(&me, attempt, rung, "timed out").await,
             VmMessage::LadderActionFailed { attempt, rung, error } => st.escalate(&me, attempt, rung, &error).await,
         }
@@ -293,6 +304,12 @@ impl Run {
             console: None,
             control_up: false,
             ready: false,
+            console_ready: false,
+            probe_ready: false,
+            boot: 0,
+            ready_from: 0,
+            probe_target: None,
+            probe: None,
             started: Instant::now(),
             panicked: false,
             shutdown_by_guest: None,
@@ -462,6 +479,13 @@ impl VmState {
         }
         self.backend.before_spawn(&spec, &self.paths)?;
         self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
+        // QEMU appends each run to console.log: readiness counts from its
+        // current end. Cloud Hypervisor truncates it at boot: from 0.
+        let ready_from = match self.spec.backend {
+            crate::spec::BackendKind::Qemu => std::fs::metadata(&self.paths.console_log).map(|m| m.len()).unwrap_or(0),
+            crate::spec::BackendKind::CloudHypervisor => 0,
+        };
+        let probe_target = crate::probe::target(&self.spec, lease.as_ref());
         let vsock_device = match self.start_vsock_device(&plan).await {
             Ok(d) => d,
             Err(reason) => {
@@ -525,6 +549,8 @@ impl VmState {
         };
         let mut run = Run::new(pid, run_id, plan, process);
         run.vsock_device = vsock_device;
+        run.ready_from = ready_from;
+        run.probe_target = probe_target;
         self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
@@ -560,11 +586,15 @@ impl VmState {
     /// blocking pool; returns the spec the backend sees.
     async fn materialize_disks(&self, lease: Option<&crate::netmgr::Lease>) -> Result<VmSpec> {
         let network = lease.map(|l| {
-            let mut eth = paddock_images::Ethernet::default();
-            eth.match_ = Some(paddock_images::Match { macaddress: Some(l.mac.clone()), name: None });
-            eth.set_name = Some("eth0".into());
-            eth.addresses = vec![format!("{}/{}", l.addrs.guest, l.addrs.prefix)];
-            eth.routes = vec![paddock_images::Route { to: "default".into(), via: l.addrs.gateway.to_string() }];
+            let eth = paddock_images::Ethernet {
+                // By MAC, never by name (Debian calls the NIC enp0s*).
+                match_: Some(paddock_images::Match { macaddress: Some(l.mac.clone()), name: None }),
+                set_name: Some("eth0".into()),
+                addresses: vec![format!("{}/{}", l.addrs.guest, l.addrs.prefix)],
+                // cloud-init 22.4 rejects netplan's `to: default`.
+                routes: vec![paddock_images::Route { to: "0.0.0.0/0".into(), via: l.addrs.gateway.to_string() }],
+                ..Default::default()
+            };
             let mut cfg = paddock_images::NetworkConfig::default();
             cfg.ethernets.insert("eth0".into(), eth);
             cfg
@@ -606,6 +636,7 @@ impl VmState {
             paths: self.paths.clone(),
             ready_pattern: self.ready_pattern.clone(),
             limits: self.deps.console_log.with(self.spec.console_log.as_ref()),
+            ready_from: run.ready_from,
         };
         match Actor::spawn_linked(None, ConsoleActor, args, me.get_cell()).await {
             Ok((c, _)) => {
@@ -627,6 +658,7 @@ impl VmState {
         if need_console {
             self.spawn_console(me).await;
         }
+        self.start_probe(me);
         if self.phase == VmPhase::Starting {
             crash_point!("start.before-running");
             // The answer to up/start says "running": only once that (and,
@@ -652,7 +684,8 @@ impl VmState {
         if std::mem::take(&mut self.stop_after_adopt) {
             self.on_stop(me, Duration::ZERO, None, None).await;
         }
-        let no_pattern = self.ready_pattern.is_none() || self.run.as_ref().is_some_and(|r| r.ready);
+        // Ready already, or nothing to wait for (no pattern, no probe).
+        let no_pattern = self.run.as_ref().is_some_and(|r| r.ready || (self.ready_pattern.is_none() && r.probe_target.is_none()));
         let info = self.info();
         let waiters = std::mem::take(&mut self.start_waiters);
         for (wait, reply) in waiters {
@@ -686,13 +719,59 @@ impl VmState {
         }
     }
 
-    async fn on_ready(&mut self) {
+    /// Probes the guest's port for the current boot, unless it already
+    /// answered or is being probed.
+    fn start_probe(&mut self, me: &ActorRef<VmMessage>) {
         let Some(run) = self.run.as_mut() else { return };
-        if run.ready {
+        let Some(target) = run.probe_target else { return };
+        if run.probe.is_none() && !run.probe_ready {
+            run.probe = Some(crate::probe::spawn(me.clone(), self.name.clone(), target, run.boot));
+        }
+    }
+
+    async fn on_console_ready(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        run.console_ready = true;
+        self.on_ready().await;
+    }
+
+    async fn on_probe_ready(&mut self, boot: u64) {
+        let Some(run) = self.run.as_mut().filter(|r| r.boot == boot) else { return };
+        run.probe_ready = true;
+        run.probe = None;
+        self.on_ready().await;
+    }
+
+    /// The guest rebooted (QMP RESET, CH `rebooting`): it is not ready
+    /// until the new boot's output and probe say so.
+    async fn on_guest_reset(&mut self, me: &ActorRef<VmMessage>) {
+        let Some(run) = self.run.as_mut() else { return };
+        run.boot += 1;
+        run.ready = false;
+        run.console_ready = false;
+        run.probe_ready = false;
+        run.probe = None;
+        // A console actor restarted later still counts from this boot on.
+        run.ready_from = std::fs::metadata(&self.paths.console_log).map(|m| m.len()).unwrap_or(run.ready_from);
+        let boot = run.boot;
+        if let Some(c) = &run.console {
+            let _ = c.cast(ConsoleMessage::Rearm);
+        }
+        tracing::info!(vm = %self.name, pid = run.pid, boot, "guest rebooted; readiness reset");
+        self.deps.events.publish(&self.name, EventKind::GuestReset, self.generation, None).await;
+        self.start_probe(me);
+        self.post_board();
+    }
+
+    async fn on_ready(&mut self) {
+        let pattern = self.ready_pattern.is_some();
+        let Some(run) = self.run.as_mut() else { return };
+        let probe = run.probe_target.is_some();
+        if run.ready || (pattern && !run.console_ready) || (probe && !run.probe_ready) {
             return;
         }
         run.ready = true;
-        tracing::info!(vm = %self.name, "console ready");
+        tracing::info!(vm = %self.name, "ready");
         self.deps.events.publish(&self.name, EventKind::Ready, self.generation, None).await;
         self.post_board();
         // A console can match before the boot is recorded; the answer
@@ -878,7 +957,10 @@ impl VmState {
                     }
                 };
                 tracing::info!(vm = %self.name, pid, "adopted");
+                // Where this run's output starts is unknown after a
+                // supervisor restart: the console backlog counts (as before).
                 let mut run = Run::new(pid, Some(run_id), plan, process);
+                run.probe_target = crate::probe::target(&self.spec, lease.as_ref());
                 if self.spec.vsock {
                     run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
                 }
@@ -1120,6 +1202,7 @@ impl VmState {
                     run.shutdown_by_guest = Some(guest);
                 }
             }
+            ControlEvent::Reset => self.on_guest_reset(me).await,
             ControlEvent::Closed => {
                 if let Some(run) = self.run.as_mut() {
                     run.control_closed = true;

@@ -61,6 +61,8 @@ pub enum VmMessage {
     ControlFailed { error: String },
     Control(ControlEvent),
     ConsoleReady,
+    /// The readiness probe answered in guest boot `boot` of the current run.
+    ProbeReady { boot: u64 },
     /// The restart policy's timer: start again unless `token` is stale
     /// (an operator's start, stop or remove cancels it).
     RestartNow { token: u64 },
