@@ -609,7 +609,6 @@ async fn vm_reboot_keeps_the_run() {
 /// CH truncates its serial file at a reboot; the console reader must
 /// follow it (issue 12's reader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the console reader that follows truncation (issue 12); run with --ignored once it is merged"]
 async fn after_vm_reboot_logs_show_the_new_boot() {
     let Some(ch) = Ch::with_printing_guest("vm_reboot_log", "") else { return };
     let c = &ch.d.client;

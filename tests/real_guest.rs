@@ -137,12 +137,12 @@ async fn a_guest_reboot_resets_readiness() {
     c.up(&guest_spec("rebooter", ""), WaitFor::Ready, 300).await.expect("up");
     let since = last_seq(c).await;
     let mut events = subscribe(c, since).await;
-    {
-        use tokio::io::AsyncWriteExt;
-        // The guest goes away mid-command, so no answer is awaited.
-        let mut io = c.attach("rebooter").await.expect("attach");
-        io.write_all(b"\nreboot -f\n").await.expect("type");
-    }
+    use tokio::io::AsyncWriteExt;
+    // The guest goes away mid-command, so no answer is awaited: the session
+    // detaches at once, and what was typed just before must still arrive.
+    let mut io = c.attach("rebooter").await.expect("attach");
+    io.write_all(b"\nreboot -f\n").await.expect("type");
+    drop(io);
     let reset = events.until(Duration::from_secs(120), |e| e.vm == "rebooter" && matches!(e.kind, EventKind::GuestReset)).await;
     // Only a reset readiness publishes Ready again (it is sent once per
     // boot), and only the new boot's marker can trigger it.

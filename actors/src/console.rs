@@ -36,6 +36,8 @@ use crate::ring::Ring;
 use crate::vm::VmMessage;
 
 pub const RING_BYTES: usize = 256 * 1024;
+/// How long the serial socket stays open after the writer's input ends.
+const INPUT_LINGER: Duration = Duration::from_millis(500);
 /// After a wake-up the log is read, then the pump rests this long so that
 /// a flood of writes is read in a few large reads.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -175,6 +177,11 @@ impl Actor for ConsoleActor {
                             break;
                         }
                     }
+                    // QEMU reads the socket only as fast as the guest's UART
+                    // takes bytes, and drops what is unread when the socket
+                    // closes: input piped in just before a detach (`echo
+                    // reboot | paddock console`) needs a moment to arrive.
+                    tokio::time::sleep(INPUT_LINGER).await;
                     let _ = me.cast(ConsoleMessage::Detached);
                 });
                 let _ = reply.send(Ok(ConsoleAttach { follow: st.follow(), input: tx }));
