@@ -40,13 +40,22 @@ pub struct LogTail {
     limits: ConsoleLogLimits,
     /// The next read follows a jump over a hole: strip its zero padding.
     after_hole: bool,
+    /// The file's first bytes as read: a file truncated and written again
+    /// past our offset before we looked (Cloud Hypervisor at a reboot) is
+    /// told apart by a different start.
+    head: Vec<u8>,
 }
+
+/// How many of the first bytes identify one generation of the file.
+const HEAD_BYTES: usize = 64;
 
 impl LogTail {
     /// Opens `path` for reading from `offset`.
     pub fn open(path: &Path, offset: u64, limits: ConsoleLogLimits) -> std::io::Result<LogTail> {
         let file = File::open(path)?;
-        Ok(LogTail { path: path.to_path_buf(), file, offset, limits, after_hole: false })
+        let mut t = LogTail { path: path.to_path_buf(), file, offset, limits, after_hole: false, head: Vec::new() };
+        t.head = t.read_head(t.offset.min(HEAD_BYTES as u64) as usize)?;
+        Ok(t)
     }
 
     pub fn offset(&self) -> u64 {
@@ -71,16 +80,36 @@ impl LogTail {
         if on_disk.ino() != self.file.metadata()?.ino() {
             self.file = File::open(&self.path)?;
             self.offset = 0;
+            self.head.clear();
         }
         Ok(())
     }
 
+    /// The first `n` bytes of the file (fewer if it is shorter).
+    fn read_head(&self, n: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.file.read_at(&mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
     fn read_new(&mut self, out: &mut dyn FnMut(&[u8])) -> std::io::Result<u64> {
         let len = self.file.metadata()?.len();
-        if len < self.offset {
+        let rewritten = self.offset > 0 && len >= self.offset && self.read_head(self.head.len())? != self.head;
+        if len < self.offset || rewritten {
             // Truncated under us (a new boot of Cloud Hypervisor, or our
             // own rotation of an appending writer): start over.
             self.offset = 0;
+            self.head.clear();
         }
         if len == self.offset {
             return Ok(0);
@@ -118,6 +147,9 @@ impl LogTail {
             if !data.is_empty() {
                 out(data);
             }
+        }
+        if self.head.len() < HEAD_BYTES {
+            self.head = self.read_head(usize::try_from(self.offset).unwrap_or(HEAD_BYTES).min(HEAD_BYTES))?;
         }
         Ok(total)
     }
@@ -167,6 +199,7 @@ impl LogTail {
         // A separate writable handle: ours is read-only.
         std::fs::OpenOptions::new().write(true).open(&self.path)?.set_len(0)?;
         self.offset = 0;
+        self.head.clear();
         tracing::debug!(path = ?self.path, files, max_bytes = self.limits.max_bytes, "console log rotated");
         Ok(delivered)
     }
@@ -248,6 +281,21 @@ mod tests {
         let mut got = Vec::new();
         t.poll(&mut |d| got.extend_from_slice(d)).unwrap();
         got
+    }
+
+    #[test]
+    fn a_file_rewritten_past_the_offset_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("console.log");
+        std::fs::write(&live, b"first boot\nREADY\n").unwrap();
+        let mut t = LogTail::open(&live, 0, limits(1 << 20, 2)).unwrap();
+        assert_eq!(collect(&mut t), b"first boot\nREADY\n");
+        // Truncated and written again, longer than before, between polls.
+        std::fs::write(&live, b"second boot!\nREADY\n").unwrap();
+        assert_eq!(collect(&mut t), b"second boot!\nREADY\n");
+        // Appends after that are read once.
+        append(&live, b"more\n");
+        assert_eq!(collect(&mut t), b"more\n");
     }
 
     #[test]
