@@ -3,6 +3,8 @@
 //! table stay there): the launcher's args and env arrive exactly, the
 //! keystore tree is there, vsock works host -> guest, ACPI stops it, and
 //! `rm` leaves nothing but the data disk, which `volume rm` then deletes.
+//! Twice: on the busybox test guest and on the real Debian cloud guest
+//! (`BLUEPRINT_GUEST=debian`: cloud-init runs the launcher).
 //!
 //! The example runs in a child process (this test binary again, one
 //! ignored test selected by name) started with `ip netns exec`: network
@@ -38,18 +40,42 @@ fn files(dir: &Path) -> Vec<String> {
 #[test]
 fn blueprint_example_runs_exactly_and_leaves_only_its_volume() {
     guest();
+    run_example_in_a_netns(None);
+}
+
+/// The same flow on the Debian guest (built by scripts/test.sh).
+#[test]
+fn blueprint_example_on_the_debian_guest() {
+    let dir = std::env::var_os("PADDOCK_DEBIAN_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/paddock/debian-guest"));
+    for f in ["root.qcow2", "root.qcow2.sha256", "vmlinuz", "initrd.img", "cmdline"] {
+        assert!(dir.join(f).exists(), "the Debian guest is not built ({:?} missing): run scripts/build-debian-guest.sh (scripts/test.sh does)", dir.join(f));
+    }
+    let t = std::time::Instant::now();
+    run_example_in_a_netns(Some("debian"));
+    println!("the Blueprint flow on the Debian guest took {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Runs the example (`BLUEPRINT_GUEST=guest`, if any) in a child process
+/// inside a fresh network namespace, then checks the host is clean.
+fn run_example_in_a_netns(guest: Option<&str>) {
     let service = service::guest_service();
     let lab = NetLab::new();
     let dir = tempfile::Builder::new().prefix("bp").tempdir_in("/tmp").expect("tempdir");
     let me = std::env::current_exe().expect("test binary");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.host])
         .arg(&me)
         .args(["--exact", "blueprint_in_this_netns", "--ignored", "--nocapture"])
         .env("BLUEPRINT_DIR", dir.path())
         .env("BLUEPRINT_SERVICE_BIN", service)
-        .output()
-        .expect("run the example");
+        .env_remove("BLUEPRINT_IMAGE");
+    match guest {
+        Some(g) => cmd.env("BLUEPRINT_GUEST", g),
+        None => cmd.env_remove("BLUEPRINT_GUEST"),
+    };
+    let out = cmd.output().expect("run the example");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "the example failed (see its output above)");
@@ -84,8 +110,9 @@ fn blueprint_in_this_netns() {
     assert!(address.is_some(), "no typed lease address");
     assert_eq!(rung, "acpi");
 
-    // `rm` kept the data disk and nothing else.
-    let state: Vec<String> = files(&dir.join("state")).into_iter().filter(|f| !f.starts_with("paddock.db") && f != "paddock.lock").collect();
+    // `rm` kept the data disk and nothing else (the image cache is shared).
+    let state: Vec<String> =
+        files(&dir.join("state")).into_iter().filter(|f| !f.starts_with("paddock.db") && f != "paddock.lock" && !f.starts_with("images/")).collect();
     assert_eq!(state, ["vms/blueprint-svc/data.qcow2"], "state left besides the volume");
     rt.block_on(async {
         let rt = paddock::Runtime::start(paddock::RuntimeConfig::new(dir.join("state"), dir.join("run"))).await.expect("runtime");
