@@ -137,13 +137,32 @@ async fn a_guest_reboot_resets_readiness() {
     c.up(&guest_spec("rebooter", ""), WaitFor::Ready, 300).await.expect("up");
     let since = last_seq(c).await;
     let mut events = subscribe(c, since).await;
-    use tokio::io::AsyncWriteExt;
-    // The guest goes away mid-command, so no answer is awaited: the session
-    // detaches at once, and what was typed just before must still arrive.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // First a round trip through the guest shell (it computes the answer, so
+    // our echoed input cannot satisfy it): under load the shell may start a
+    // while after the ready marker, and a command typed before that is lost.
     let mut io = c.attach("rebooter").await.expect("attach");
-    io.write_all(b"\nreboot -f\n").await.expect("type");
-    drop(io);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !String::from_utf8_lossy(&seen).contains("sum=42") {
+        io.write_all(b"\necho sum=$((40+2))\n").await.expect("type");
+        let round = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&seen).contains("sum=42") && Instant::now() < round {
+            assert!(Instant::now() < deadline, "the guest shell never answered; saw {}", String::from_utf8_lossy(&seen));
+            let left = round.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, io.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                Ok(r) => panic!("console closed ({r:?}); saw {}", String::from_utf8_lossy(&seen)),
+                Err(_) => {}
+            }
+        }
+    }
+    // The session stays attached until the reset is seen, so nothing typed
+    // can be cut off by the detach.
+    io.write_all(b"reboot -f\n").await.expect("type");
     let reset = events.until(Duration::from_secs(120), |e| e.vm == "rebooter" && matches!(e.kind, EventKind::GuestReset)).await;
+    drop(io);
     // Only a reset readiness publishes Ready again (it is sent once per
     // boot), and only the new boot's marker can trigger it.
     let ready = events.until(Duration::from_secs(300), |e| e.vm == "rebooter" && matches!(e.kind, EventKind::Ready)).await;
