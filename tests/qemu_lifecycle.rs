@@ -109,6 +109,33 @@ async fn kill_9_of_qemu_is_published_as_a_crash_within_a_second() {
     assert_eq!(c.get("victim").await.expect("get").phase, VmPhase::Crashed { exit });
 }
 
+/// Reads the console session until `needle` shows up (30 s at most).
+async fn read_until(io: &mut hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle} from the guest shell; saw {}", String::from_utf8_lossy(&seen)))
+            .expect("read");
+        assert!(n > 0, "console closed; saw {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Attaches once the previous session has let go of the console.
+async fn attach_when_free(c: &paddock::client::Client, name: &str) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.attach(name).await {
+            Ok(io) => return io,
+            Err(e) if Instant::now() < deadline && e.kind() == Some("conflict") => tokio::task::yield_now().await,
+            Err(e) => panic!("re-attach failed: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_an_interactive_console() {
     let d = Daemon::start();
@@ -128,25 +155,17 @@ async fn pause_resume_and_an_interactive_console() {
     // The guest shell computes the answer, so an echo of our input alone
     // cannot satisfy the check.
     io.write_all(b"\necho sum=$((40+2))\n").await.expect("type");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("sum=42") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, io.read(&mut buf)).await.expect("no answer from the guest shell").expect("read");
-        assert!(n > 0, "console closed; saw {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut io, "sum=42").await;
     drop(io);
-    // Detaching frees the console for the next writer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match c.attach("shell").await {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline && e.kind() == Some("conflict") => tokio::task::yield_now().await,
-            Err(e) => panic!("re-attach failed: {e}"),
-        }
-    }
+    // Detaching frees the console for the next writer, and what a client
+    // typed just before it detached still reaches the guest, even when the
+    // session's output side fails first (the backlog has nowhere to go).
+    let mut io = attach_when_free(c, "shell").await;
+    io.write_all(b"echo quick=$((6*7))\n").await.expect("type");
+    drop(io);
+    let mut io = attach_when_free(c, "shell").await;
+    read_until(&mut io, "quick=42").await;
+    drop(io);
     let out = c.stop("shell", 60).await.expect("stop");
     assert_eq!(out.rung, Some(Rung::Acpi));
 }

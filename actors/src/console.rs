@@ -36,8 +36,11 @@ use crate::ring::Ring;
 use crate::vm::VmMessage;
 
 pub const RING_BYTES: usize = 256 * 1024;
-/// How long the serial socket stays open after the writer's input ends.
-const INPUT_LINGER: Duration = Duration::from_millis(500);
+/// The longest the serial socket stays open after the writer's input ends,
+/// waiting for QEMU to take what was typed (a starved guest is slow).
+const INPUT_LINGER: Duration = Duration::from_secs(10);
+/// How often the unread input is checked during that wait.
+const INPUT_CHECK: Duration = Duration::from_millis(20);
 /// After a wake-up the log is read, then the pump rests this long so that
 /// a flood of writes is read in a few large reads.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -180,8 +183,12 @@ impl Actor for ConsoleActor {
                     // QEMU reads the socket only as fast as the guest's UART
                     // takes bytes, and drops what is unread when the socket
                     // closes: input piped in just before a detach (`echo
-                    // reboot | paddock console`) needs a moment to arrive.
-                    tokio::time::sleep(INPUT_LINGER).await;
+                    // reboot | paddock console`) must arrive first. A guest
+                    // starved of CPU can take seconds for a line.
+                    let deadline = tokio::time::Instant::now() + INPUT_LINGER;
+                    while unread_input(&writer) > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(INPUT_CHECK).await;
+                    }
                     let _ = me.cast(ConsoleMessage::Detached);
                 });
                 let _ = reply.send(Ok(ConsoleAttach { follow: st.follow(), input: tx }));
@@ -276,11 +283,42 @@ async fn pump(mut tail: LogTail, mut watch: Option<FileWatch>, me: ActorRef<Cons
 /// QEMU sends console output to the connected serial socket too; it must
 /// be read promptly (a full socket stalls the guest's serial port) but the
 /// file is the source, so it is dropped.
+/// Bytes written to the serial socket that QEMU has not read yet (0 when
+/// unknown: the wait is only a courtesy).
+fn unread_input(writer: &tokio::net::unix::OwnedWriteHalf) -> libc::c_int {
+    use std::os::fd::AsRawFd;
+    let fd = writer.as_ref().as_raw_fd();
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) on a socket we own writes one c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 { queued } else { 0 }
+}
+
 async fn drain_socket(mut socket: tokio::net::unix::OwnedReadHalf) {
     let mut discard = vec![0u8; 16 * 1024];
     while let Ok(n) = socket.read(&mut discard).await {
         if n == 0 {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The detach waits on this figure: it must see input the peer has not
+    /// read, and see it gone once read.
+    #[tokio::test]
+    async fn unread_input_counts_what_the_peer_has_not_read() {
+        let (a, mut b) = UnixStream::pair().expect("socketpair");
+        let (_r, mut w) = a.into_split();
+        assert_eq!(unread_input(&w), 0);
+        w.write_all(b"reboot -f\n").await.expect("write");
+        assert!(unread_input(&w) > 0, "unread input not seen");
+        let mut buf = [0u8; 64];
+        let n = b.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"reboot -f\n");
+        assert_eq!(unread_input(&w), 0);
     }
 }

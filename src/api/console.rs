@@ -34,6 +34,9 @@ pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, ValidQ
         .unwrap_or_default())
 }
 
+/// How long input already sent by a detached client may take to arrive.
+const INPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut req: Request) -> Result<Response, ApiError> {
     super::upgrade::require(&req, UPGRADE_PROTOCOL)?;
     let attach = rt.console_attach(&name).await?;
@@ -80,8 +83,14 @@ pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut re
             }
         };
         // Either side ending ends the session; dropping `input` frees the
-        // console for the next writer.
-        tokio::select! { _ = out => {}, _ = inp => {} }
+        // console for the next writer. A client that types and detaches at
+        // once makes the output side fail first (its backlog has nowhere to
+        // go), but what it typed is still in the socket: drain that first.
+        tokio::pin!(inp);
+        tokio::select! {
+            _ = out => { let _ = tokio::time::timeout(INPUT_DRAIN, &mut inp).await; }
+            _ = &mut inp => {}
+        }
     });
     Ok(super::upgrade::switching(UPGRADE_PROTOCOL))
 }
