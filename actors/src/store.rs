@@ -356,6 +356,24 @@ impl Store {
         self.with(move |c| Ok(c.execute("DELETE FROM leases WHERE vm = ?1", params![vm])? > 0)).await
     }
 
+    /// One VM's lease index with its spec (one row; `leases` reads them all).
+    pub async fn lease(&self, vm: &str) -> Result<Option<(u32, Option<VmSpec>)>, StoreError> {
+        let vm = vm.to_string();
+        self.with(move |c| {
+            let row = c
+                .query_row("SELECT l.idx, v.spec FROM leases l LEFT JOIN vms v ON v.name = l.vm WHERE l.vm = ?1", params![vm], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .optional()?;
+            Ok(match row {
+                Some((idx, Some(s))) => Some((idx, Some(serde_json::from_str(&s)?))),
+                Some((idx, None)) => Some((idx, None)),
+                None => None,
+            })
+        })
+        .await
+    }
+
     /// Every lease with its VM's spec (None: the VM row is gone).
     pub async fn leases(&self) -> Result<Vec<(String, u32, Option<VmSpec>)>, StoreError> {
         self.with(|c| {
