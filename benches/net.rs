@@ -79,6 +79,11 @@ fn main() {
         eprintln!("net bench: unshare(CLONE_NEWNET) failed (needs root): {}", std::io::Error::last_os_error());
         return;
     }
+    // PADDOCK_BENCH_LOG=paddock_actors::netmgr=info shows each lease's
+    // steps (row_us, tap_us, table_us).
+    if std::env::var_os("PADDOCK_BENCH_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("PADDOCK_BENCH_LOG")).init();
+    }
     table_alone();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -103,6 +103,7 @@ impl NetManager {
     /// if it vanished, e.g. after a host reboot).
     pub async fn acquire(&self, vm: &str) -> Result<Lease> {
         let mut table = self.lock.lock().await;
+        let t0 = std::time::Instant::now();
         let index = self.store.allocate_lease(vm, self.cfg.pool.capacity()).await?.ok_or_else(|| {
             Error::from(SpecError::new(
                 "network.mode",
@@ -111,11 +112,13 @@ impl NetManager {
         })?;
         crate::crash_point!("lease.after-row");
         let lease = self.lease_of(vm, index).ok_or_else(|| Error::Unavailable(format!("lease index {index} is outside the pool")))?;
+        let row_us = t0.elapsed().as_micros();
         if let Err(e) = self.ensure_tap(&lease).await {
             // Roll back: nothing half-created stays.
             let _ = self.store.release_lease(vm).await;
             return Err(net_err(vm, e));
         }
+        let tap_us = t0.elapsed().as_micros() - row_us;
         let rules = match self.store.lease(vm).await {
             Ok(Some((_, spec))) => spec.and_then(|s| self.rules_of(vm, index, &s)),
             Ok(None) => None,
@@ -131,12 +134,13 @@ impl NetManager {
             let _ = self.apply_lease(&mut table, vm, None).await;
             return Err(net_err(vm, e));
         }
+        let table_us = t0.elapsed().as_micros() - row_us - tap_us;
         match paddock_net::ensure_ip_forward() {
             Ok(true) => tracing::info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1) for TAP leases"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot enable IPv4 forwarding; leased guests will not reach the outside"),
         }
-        tracing::info!(vm, tap = %lease.tap, guest = %lease.addrs.guest, "lease granted");
+        tracing::info!(vm, tap = %lease.tap, guest = %lease.addrs.guest, row_us, tap_us, table_us, "lease granted");
         Ok(lease)
     }
 
