@@ -89,8 +89,8 @@ async fn pairs(d: &Daemon, label: &str, n: usize, make: impl Fn(&str) -> VmSpec)
         // CLI run (its argv is the direct run's).
         let name = format!("{label}-cli-{i}");
         let spec = make(&name);
-        let file = d.dir.path().join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&spec).expect("json")).expect("spec file");
+        let file = d.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, toml::to_string(&spec).expect("toml")).expect("spec file");
         let t_cli = cli_up(d, &file);
         let info = c.get(&name).await.expect("inspect");
         let argv = argv_of(info.pid.expect("pid"));
@@ -131,10 +131,15 @@ fn main() {
         let d = Daemon::start();
         let c = &d.client;
         println!("load before: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-        pairs(&d, "kernel", n, |name| guest_spec(name, "")).await;
+        pairs(&d, "kernel", n, |name| {
+            let mut s = guest_spec(name, "");
+            s.network.mode = paddock::spec::NetworkMode::User;
+            s
+        })
+        .await;
         seed_image_cache(&d);
         let (_, public) = ssh_key(d.dir.path());
-        pairs(&d, "image+seed", n, |name| {
+        pairs(&d, "image-seed", n, |name| {
             let mut s = debian_spec(name, &public);
             s.ready_pattern = None;
             s.ready_probe = None;

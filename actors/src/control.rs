@@ -48,7 +48,10 @@ impl Actor for ControlActor {
     async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ControlArgs) -> Result<ControlState, ActorProcessingErr> {
         let ControlArgs { vm, backend, plan } = args;
         tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
             let r = backend.connect(&plan).await;
+            // From the spawn (about) to greeting + capabilities answered.
+            tracing::debug!(connect_ms = format!("{:.2}", t0.elapsed().as_secs_f64() * 1e3), ok = r.is_ok(), "control channel connected");
             let _ = me.cast(ControlMessage::Connected(r));
         });
         Ok(ControlState { vm, channel: None, forwarder: None })

@@ -84,6 +84,15 @@ pub struct RunRecord {
     pub paths: crate::backend::RunPaths,
 }
 
+/// A row change that travels with its event (`write_with_event`).
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    /// An `up`'s new, provisional VM row (desired `running`).
+    VmInserted { spec: VmSpec, phase: VmPhase },
+    /// A phase transition, with an `up`'s confirmation.
+    Phase { name: String, phase: VmPhase, generation: u64, confirm: bool },
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
@@ -228,7 +237,8 @@ impl Store {
     pub async fn set_desired(&self, name: &str, desired: Desired) -> Result<(), StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            c.execute("UPDATE vms SET desired = ?2 WHERE name = ?1", params![name, desired.as_str()])?;
+            // Unchanged: no row written, so the commit syncs nothing.
+            c.execute("UPDATE vms SET desired = ?2 WHERE name = ?1 AND desired IS NOT ?2", params![name, desired.as_str()])?;
             Ok(())
         })
         .await
@@ -389,6 +399,43 @@ impl Store {
                 out.push((vm, idx, spec));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Writes a row change and its event in one transaction (one fsync
+    /// where there were two); returns the event's sequence number.
+    pub async fn write_with_event(&self, change: RowChange, ev: &Event) -> Result<u64, StoreError> {
+        let body = serde_json::to_string(ev)?;
+        let (vm, ts) = (ev.vm.clone(), ev.ts_ms);
+        let change = match change {
+            RowChange::VmInserted { spec, phase } => (spec.name.clone(), Some(serde_json::to_string(&spec)?), serde_json::to_string(&phase)?, 0, false),
+            RowChange::Phase { name, phase, generation, confirm } => (name, None, serde_json::to_string(&phase)?, generation, confirm),
+        };
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (name, spec, phase, generation, confirm) = change;
+            match spec {
+                Some(spec) => {
+                    // Desired `running` at once: a created VM is started
+                    // next (Registry::create), and the start's own write of
+                    // it then changes nothing and costs no fsync.
+                    tx.execute(
+                        "INSERT INTO vms (name, spec, desired, phase, generation, provisional, created_ms) VALUES (?1, ?2, 'running', ?3, 0, 1, ?4)",
+                        params![name, spec, phase, now_ms()],
+                    )?;
+                }
+                None => {
+                    tx.execute("UPDATE vms SET phase = ?2, generation = ?3 WHERE name = ?1", params![name, phase, generation as i64])?;
+                    if confirm {
+                        tx.execute("UPDATE vms SET provisional = 0 WHERE name = ?1", params![name])?;
+                    }
+                }
+            }
+            tx.execute("INSERT INTO events (ts_ms, vm, body) VALUES (?1, ?2, ?3)", params![ts as i64, vm, body])?;
+            let seq = tx.last_insert_rowid() as u64;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
