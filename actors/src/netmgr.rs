@@ -8,7 +8,8 @@
 //! fails). Release goes the other way and deletes the row exactly once,
 //! after the device is gone. The reaper (at start and every minute)
 //! deletes our TAPs without a lease, frees leases of VMs that no longer
-//! exist, and reloads the table from the rows (its repair).
+//! exist, and reloads the table from the rows (its repair) when it changed
+//! something or the kernel lost the table.
 
 use paddock_net::link::Links;
 use paddock_net::names::{lease_mac, owner_alias, tap_name, OWNER_ALIAS_PREFIX, TAP_PREFIX};
@@ -294,7 +295,14 @@ impl NetManager {
                 }
             }
         }
-        if !rows.is_empty() || !ours.is_empty() {
+        // The repair: the full table again when the reaper changed
+        // anything or the kernel's table is not what was applied.
+        let changed = !report.taps_deleted.is_empty() || !report.leases_freed.is_empty();
+        let intact = table.intact().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot check the nftables table; loading it again");
+            false
+        });
+        if (!rows.is_empty() || !ours.is_empty()) && (changed || !intact) {
             self.load_locked(&mut table).await.map_err(|e| net_err("*", e))?;
         }
         Ok(report)

@@ -220,3 +220,23 @@ fn a_batch_the_kernel_refuses_changes_nothing() {
     assert_eq!(kernel_table(), before, "a refused batch left part of itself in the table");
     assert!(!table.is_loaded(), "after a refused batch the next change must reload the full table");
 }
+
+#[test]
+fn a_flushed_ruleset_is_seen_as_not_intact() {
+    own_netns();
+    let l = LeaseRules {
+        vm: "a".into(),
+        tap: tap_name(0),
+        mac: lease_mac(0),
+        guest: Ipv4Addr::new(10, 88, 0, 2),
+        groups: vec![],
+        host_ports: vec![],
+        forwards: vec![],
+    };
+    let mut table = Table::new(cfg());
+    assert!(!table.intact().expect("check"), "a table never loaded is not intact");
+    table.load(std::slice::from_ref(&l)).expect("load");
+    assert!(table.intact().expect("check"));
+    nft(&["flush", "ruleset"], None);
+    assert!(!table.intact().expect("check"), "the reaper must see that the table is gone");
+}

@@ -117,6 +117,18 @@ impl Table {
         self.loaded = None;
     }
 
+    /// False when the table is not loaded, or has leases but the kernel
+    /// lacks its sets (someone deleted the table or flushed the ruleset):
+    /// then the reaper loads it again. With no lease the table is empty,
+    /// and a missing one does no harm.
+    pub fn intact(&mut self) -> Result<bool, Error> {
+        match &self.loaded {
+            None => Ok(false),
+            Some(l) if l.leases.is_empty() => Ok(true),
+            Some(_) => self.socket_mut()?.has_set(element::SET_MAC),
+        }
+    }
+
     /// The leases as applied, in render order.
     pub fn leases(&self) -> Vec<LeaseRules> {
         self.loaded.as_ref().map(|l| l.leases.values().cloned().collect()).unwrap_or_default()

@@ -22,6 +22,7 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -278,6 +279,41 @@ impl NfSocket {
 
     pub fn batch(&self) -> Batch {
         Batch::new(self.seq)
+    }
+
+    /// Whether the kernel has set `name` in our table (a cheap check that
+    /// nobody deleted the table or flushed the ruleset under us).
+    pub fn has_set(&mut self, name: &str) -> Result<bool, Error> {
+        let mut batch = Batch { buf: Vec::with_capacity(128), seq: self.seq, what: Vec::new(), next_set_id: 1 };
+        batch.nft(NFT_MSG_GETSET, 0, format!("get set {name}"), |a| {
+            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_NAME, name);
+        });
+        let seq = self.seq;
+        self.seq = batch.seq;
+        self.socket.send(&batch.buf, 0).map_err(|e| nl_err("send", e))?;
+        let mut rx = Vec::with_capacity(16 * 1024);
+        loop {
+            rx.clear();
+            let n = self.socket.recv(&mut rx, 0).map_err(|e| nl_err("receive (no answer from the kernel)", e))?.min(rx.len());
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes([rx[off], rx[off + 1], rx[off + 2], rx[off + 3]]) as usize;
+                let ty = u16::from_ne_bytes([rx[off + 4], rx[off + 5]]);
+                let got = u32::from_ne_bytes([rx[off + 8], rx[off + 9], rx[off + 10], rx[off + 11]]);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                if ty == NLMSG_ERROR && len >= 20 && got == seq {
+                    return match i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]) {
+                        0 => Ok(true),
+                        code if -code == libc::ENOENT => Ok(false),
+                        code => Err(nl_err(&format!("get set {name}"), std::io::Error::from_raw_os_error(-code))),
+                    };
+                }
+                off += len.next_multiple_of(4);
+            }
+        }
     }
 
     /// Sends the batch and waits for every message's answer: Ok once all
