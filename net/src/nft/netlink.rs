@@ -292,27 +292,17 @@ impl NfSocket {
         let seq = self.seq;
         self.seq = batch.seq;
         self.socket.send(&batch.buf, 0).map_err(|e| nl_err("send", e))?;
-        let mut rx = Vec::with_capacity(16 * 1024);
-        loop {
-            rx.clear();
-            let n = self.socket.recv(&mut rx, 0).map_err(|e| nl_err("receive (no answer from the kernel)", e))?.min(rx.len());
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes([rx[off], rx[off + 1], rx[off + 2], rx[off + 3]]) as usize;
-                let ty = u16::from_ne_bytes([rx[off + 4], rx[off + 5]]);
-                let got = u32::from_ne_bytes([rx[off + 8], rx[off + 9], rx[off + 10], rx[off + 11]]);
-                if len < 16 || off + len > n {
-                    break;
-                }
-                if ty == NLMSG_ERROR && len >= 20 && got == seq {
-                    return match i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]) {
-                        0 => Ok(true),
-                        code if -code == libc::ENOENT => Ok(false),
-                        code => Err(nl_err(&format!("get set {name}"), std::io::Error::from_raw_os_error(-code))),
-                    };
-                }
-                off += len.next_multiple_of(4);
+        let mut answer = None;
+        self.answers(|got, code| {
+            if got == seq {
+                answer = Some(code);
             }
+            answer.is_some()
+        })?;
+        match answer.unwrap_or(0) {
+            0 => Ok(true),
+            code if -code == libc::ENOENT => Ok(false),
+            code => Err(nl_err(&format!("get set {name}"), std::io::Error::from_raw_os_error(-code))),
         }
     }
 
@@ -328,8 +318,23 @@ impl NfSocket {
         self.socket.send(&buf, 0).map_err(|e| nl_err("send", e))?;
         let mut pending: std::collections::HashSet<u32> = what.iter().map(|(s, _)| *s).collect();
         let mut first_error: Option<Error> = None;
+        self.answers(|seq, code| {
+            if pending.remove(&seq) && code != 0 && first_error.is_none() {
+                let about = what.iter().find(|(s, _)| *s == seq).map(|(_, w)| w.as_str()).unwrap_or("?");
+                first_error = Some(nl_err(about, std::io::Error::from_raw_os_error(-code)));
+            }
+            pending.is_empty()
+        })?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Reads the kernel's answers (NLMSG_ERROR: sequence number and error
+    /// code, 0 for an acknowledgement) until `done` says so; other
+    /// messages (a GETSET's reply) are skipped. Times out after
+    /// REPLY_TIMEOUT_MS without an answer.
+    fn answers(&self, mut done: impl FnMut(u32, i32) -> bool) -> Result<(), Error> {
         let mut rx = Vec::with_capacity(64 * 1024);
-        while !pending.is_empty() {
+        loop {
             rx.clear();
             let n = self.socket.recv(&mut rx, 0).map_err(|e| nl_err("receive (no answer from the kernel)", e))?.min(rx.len());
             let mut off = 0;
@@ -340,16 +345,14 @@ impl NfSocket {
                 if len < 16 || off + len > n {
                     break;
                 }
-                if ty == NLMSG_ERROR && len >= 20 && pending.remove(&seq) {
+                if ty == NLMSG_ERROR && len >= 20 {
                     let code = i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]);
-                    if code != 0 && first_error.is_none() {
-                        let about = what.iter().find(|(s, _)| *s == seq).map(|(_, w)| w.as_str()).unwrap_or("?");
-                        first_error = Some(nl_err(about, std::io::Error::from_raw_os_error(-code)));
+                    if done(seq, code) {
+                        return Ok(());
                     }
                 }
                 off += len.next_multiple_of(4);
             }
         }
-        first_error.map_or(Ok(()), Err)
     }
 }
