@@ -339,17 +339,15 @@ impl Store {
             if let Some(idx) = tx.query_row("SELECT idx FROM leases WHERE vm = ?1", params![vm], |r| r.get::<_, u32>(0)).optional()? {
                 return Ok(Some(idx));
             }
-            let mut next = 0u32;
-            {
-                let mut stmt = tx.prepare("SELECT idx FROM leases ORDER BY idx")?;
-                let used = stmt.query_map([], |r| r.get::<_, u32>(0))?;
-                for u in used {
-                    if u? != next {
-                        break;
-                    }
-                    next += 1;
-                }
-            }
+            // The lowest free index: 0, or the first used one whose
+            // successor is free (both lookups use idx's UNIQUE index, so
+            // SQLite does the walk without handing us every row).
+            let next: u32 = tx.query_row(
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM leases WHERE idx = 0) THEN 0 \
+                 ELSE (SELECT MIN(a.idx) + 1 FROM leases a WHERE NOT EXISTS (SELECT 1 FROM leases b WHERE b.idx = a.idx + 1)) END",
+                [],
+                |r| r.get(0),
+            )?;
             if next >= capacity {
                 return Ok(None);
             }
