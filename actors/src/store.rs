@@ -572,6 +572,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_change_and_its_event_are_written_together_or_not_at_all() {
+        use crate::events::EventKind;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let ev = |vm: &str, kind| Event { seq: 0, ts_ms: 1, vm: vm.into(), kind, generation: 0, message: None };
+        let insert = RowChange::VmInserted { spec: spec("a"), phase: VmPhase::Defined };
+        s.write_with_event(insert.clone(), &ev("a", EventKind::Created)).await.unwrap();
+        assert_eq!(s.event_count().await.unwrap(), 1);
+        // A second insert of the name fails: its event must not stay.
+        assert!(s.write_with_event(insert, &ev("a", EventKind::Created)).await.is_err());
+        assert_eq!(s.event_count().await.unwrap(), 1, "the failed change left its event");
+        let phase = RowChange::Phase { name: "a".into(), phase: VmPhase::Running, generation: 2, confirm: true };
+        s.write_with_event(phase, &ev("a", EventKind::Phase { phase: VmPhase::Running })).await.unwrap();
+        let rows = s.load_vms().await.unwrap();
+        assert_eq!((rows[0].phase.clone(), rows[0].generation, rows[0].provisional), (VmPhase::Running, 2, false));
+        assert_eq!(rows[0].desired, Desired::Running, "a created VM is to run");
+        assert_eq!(s.event_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
     async fn vm_rows_round_trip_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();

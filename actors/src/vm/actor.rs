@@ -107,6 +107,7 @@ struct Run {
     start_failure: Option<String>,
     /// The vhost-user vsock device process, stopped after the hypervisor.
     vsock_device: Option<crate::vsock::Device>,
+    early_control: Option<crate::control::EarlyConnect>,
 }
 
 struct Stopping {
@@ -316,6 +317,7 @@ impl Run {
             control_closed: false,
             start_failure: None,
             vsock_device: None,
+            early_control: None,
         }
     }
 
@@ -511,6 +513,7 @@ impl VmState {
             }
         };
         let pid = spawned.pid;
+        let early_control = crate::control::EarlyConnect::start(self.backend.clone(), plan.clone());
         steps.lap("spawn");
         crash_point!("start.after-spawn");
         tracing::info!(vm = %self.name, pid, accel = ?plan.accel, "hypervisor started");
@@ -557,6 +560,7 @@ impl VmState {
         };
         let mut run = Run::new(pid, run_id, plan, process);
         run.vsock_device = vsock_device;
+        run.early_control = Some(early_control);
         run.ready_from = ready_from;
         run.probe_target = probe_target;
         self.run = Some(run);
@@ -626,7 +630,7 @@ impl VmState {
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone() };
+        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), early: run.early_control.take() };
         match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.control = Some(c);
