@@ -32,6 +32,30 @@ pub struct ControlArgs {
     pub vm: ActorRef<VmMessage>,
     pub backend: Arc<dyn Backend>,
     pub plan: LaunchPlan,
+    /// A connection already under way (see `EarlyConnect`).
+    pub early: Option<EarlyConnect>,
+}
+
+type Connecting = tokio::task::JoinHandle<Result<Box<dyn ControlChannel>, ControlError>>;
+
+/// A control connection begun right after the spawn, while the VM actor
+/// still records the run: the hypervisor's own start, not our fsync,
+/// bounds the time to `running`. Dropped unused (a start that fails after
+/// the spawn), it is aborted.
+pub struct EarlyConnect(Option<Connecting>);
+
+impl EarlyConnect {
+    pub fn start(backend: Arc<dyn Backend>, plan: LaunchPlan) -> EarlyConnect {
+        EarlyConnect(Some(tokio::spawn(async move { backend.connect(&plan).await })))
+    }
+}
+
+impl Drop for EarlyConnect {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 pub struct ControlState {
@@ -46,9 +70,16 @@ impl Actor for ControlActor {
     type Arguments = ControlArgs;
 
     async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ControlArgs) -> Result<ControlState, ActorProcessingErr> {
-        let ControlArgs { vm, backend, plan } = args;
+        let ControlArgs { vm, backend, plan, early } = args;
+        let early = early.and_then(|mut e| e.0.take());
         tokio::spawn(async move {
-            let r = backend.connect(&plan).await;
+            let t0 = std::time::Instant::now();
+            let r = match early {
+                Some(task) => task.await.unwrap_or_else(|e| Err(ControlError::Protocol(format!("control connection task: {e}")))),
+                None => backend.connect(&plan).await,
+            };
+            // From this actor's start to greeting + capabilities answered.
+            tracing::debug!(connect_ms = format!("{:.2}", t0.elapsed().as_secs_f64() * 1e3), ok = r.is_ok(), "control channel connected");
             let _ = me.cast(ControlMessage::Connected(r));
         });
         Ok(ControlState { vm, channel: None, forwarder: None })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::bounds::EventRetention;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, RowChange, Store, StoreError};
 use crate::vm::phase::{Rung, VmPhase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,11 +107,33 @@ impl EventBus {
         }
         let _ = self.tx.send(ev.clone());
         drop(_order);
+        self.count_written();
+        ev
+    }
+
+    /// Writes `change` and the event in one transaction, then broadcasts.
+    /// Unlike `publish`, a failed write is the caller's error: neither
+    /// the change nor the event happened, and nothing is broadcast.
+    pub async fn publish_with(&self, change: RowChange, kind: EventKind, generation: u64) -> Result<Event, StoreError> {
+        let vm = match &change {
+            RowChange::VmInserted { spec, .. } => spec.name.clone(),
+            RowChange::Phase { name, .. } => name.clone(),
+        };
+        let _order = self.order.lock().await;
+        let mut ev = Event { seq: 0, ts_ms: now_ms(), vm, kind, generation, message: None };
+        ev.seq = self.store.write_with_event(change, &ev).await?;
+        let _ = self.tx.send(ev.clone());
+        drop(_order);
+        self.count_written();
+        Ok(ev)
+    }
+
+    /// Applies retention every PRUNE_EVERY events, off the caller's path.
+    fn count_written(&self) {
         if self.written.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             let bus = self.clone();
             tokio::spawn(async move { bus.prune().await });
         }
-        ev
     }
 }
 

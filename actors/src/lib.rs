@@ -35,6 +35,7 @@ pub mod recovery;
 pub mod registry;
 mod ring;
 pub mod spec;
+pub mod steps;
 pub mod store;
 pub mod vm;
 pub mod volumes;

@@ -2,15 +2,18 @@
 //! line with the lease rows.
 //!
 //! A lease is a row first (allocated before the TAP exists), then a TAP
-//! device marked with our owner alias, then rules in the one nftables
-//! table, which is rebuilt from all rows on every change. Release goes the
-//! other way and deletes the row exactly once, after the device is gone.
-//! The reaper (at start and every minute) deletes our TAPs without a lease,
-//! frees leases of VMs that no longer exist, and rebuilds the table.
+//! device marked with our owner alias, then elements of the one nftables
+//! table's sets, added in one netlink batch (the full table is loaded from
+//! all rows only at the first lease, by the reaper, and when a batch
+//! fails). Release goes the other way and deletes the row exactly once,
+//! after the device is gone. The reaper (at start and every minute)
+//! deletes our TAPs without a lease, frees leases of VMs that no longer
+//! exist, and reloads the table from the rows (its repair) when it changed
+//! something or the kernel lost the table.
 
 use paddock_net::link::Links;
 use paddock_net::names::{lease_mac, owner_alias, tap_name, OWNER_ALIAS_PREFIX, TAP_PREFIX};
-use paddock_net::nft::{self, LeaseRules, Masquerade, TableConfig};
+use paddock_net::nft::{LeaseRules, Masquerade, Table, TableConfig};
 use paddock_net::{LeaseAddrs, MacAddress, Pool};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -54,8 +57,8 @@ pub struct NetManager {
     cfg: NetConfig,
     store: Store,
     links: OnceCell<Links>,
-    /// Serialises lease changes and table rebuilds.
-    lock: Mutex<()>,
+    /// Serialises lease changes and table loads; the table as applied.
+    lock: Mutex<Table>,
 }
 
 fn net_err(vm: &str, e: paddock_net::Error) -> Error {
@@ -67,7 +70,8 @@ fn net_err(vm: &str, e: paddock_net::Error) -> Error {
 
 impl NetManager {
     pub fn new(cfg: NetConfig, store: Store) -> Self {
-        NetManager { cfg, store, links: OnceCell::new(), lock: Mutex::new(()) }
+        let table = Table::new(TableConfig { pool_cidr: cfg.pool.cidr(), masquerade: cfg.masquerade.clone() });
+        NetManager { cfg, store, links: OnceCell::new(), lock: Mutex::new(table) }
     }
 
     pub fn config(&self) -> &NetConfig {
@@ -99,7 +103,8 @@ impl NetManager {
     /// a VM that has its lease gets the same one back, its TAP re-created
     /// if it vanished, e.g. after a host reboot).
     pub async fn acquire(&self, vm: &str) -> Result<Lease> {
-        let _g = self.lock.lock().await;
+        let mut table = self.lock.lock().await;
+        let t0 = std::time::Instant::now();
         let index = self.store.allocate_lease(vm, self.cfg.pool.capacity()).await?.ok_or_else(|| {
             Error::from(SpecError::new(
                 "network.mode",
@@ -108,23 +113,35 @@ impl NetManager {
         })?;
         crate::crash_point!("lease.after-row");
         let lease = self.lease_of(vm, index).ok_or_else(|| Error::Unavailable(format!("lease index {index} is outside the pool")))?;
+        let row_us = t0.elapsed().as_micros();
         if let Err(e) = self.ensure_tap(&lease).await {
             // Roll back: nothing half-created stays.
             let _ = self.store.release_lease(vm).await;
             return Err(net_err(vm, e));
         }
-        if let Err(e) = self.rebuild_locked().await {
+        let tap_us = t0.elapsed().as_micros() - row_us;
+        let rules = match self.store.lease(vm).await {
+            Ok(Some((_, spec))) => spec.and_then(|s| self.rules_of(vm, index, &s)),
+            Ok(None) => None,
+            Err(e) => {
+                self.delete_tap(&lease.tap, vm).await;
+                let _ = self.store.release_lease(vm).await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.apply_lease(&mut table, vm, rules).await {
             self.delete_tap(&lease.tap, vm).await;
             let _ = self.store.release_lease(vm).await;
-            let _ = self.rebuild_locked().await;
+            let _ = self.apply_lease(&mut table, vm, None).await;
             return Err(net_err(vm, e));
         }
+        let table_us = t0.elapsed().as_micros() - row_us - tap_us;
         match paddock_net::ensure_ip_forward() {
             Ok(true) => tracing::info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1) for TAP leases"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot enable IPv4 forwarding; leased guests will not reach the outside"),
         }
-        tracing::info!(vm, tap = %lease.tap, guest = %lease.addrs.guest, "lease granted");
+        tracing::info!(vm, tap = %lease.tap, guest = %lease.addrs.guest, row_us, tap_us, table_us, "lease granted");
         Ok(lease)
     }
 
@@ -186,52 +203,72 @@ impl NetManager {
 
     /// Deletes the TAP, then the row (exactly once), then rebuilds rules.
     pub async fn release(&self, vm: &str) -> Result<()> {
-        let _g = self.lock.lock().await;
-        let Some(index) = self.store.leases().await?.into_iter().find(|(v, _, _)| v == vm).map(|(_, i, _)| i) else {
+        let mut table = self.lock.lock().await;
+        let Some((index, _)) = self.store.lease(vm).await? else {
             return Ok(());
         };
         self.delete_tap(&tap_name(index), vm).await;
         if self.store.release_lease(vm).await? {
             tracing::info!(vm, tap = %tap_name(index), "lease released");
         }
-        self.rebuild_locked().await.map_err(|e| net_err(vm, e))
+        self.apply_lease(&mut table, vm, None).await.map_err(|e| net_err(vm, e))
     }
 
+    /// Reloads the whole table from the lease rows.
     pub async fn rebuild(&self) -> Result<()> {
-        let _g = self.lock.lock().await;
-        self.rebuild_locked().await.map_err(|e| net_err("*", e))
+        let mut table = self.lock.lock().await;
+        self.load_locked(&mut table).await.map_err(|e| net_err("*", e))
     }
 
-    async fn rebuild_locked(&self) -> std::result::Result<(), paddock_net::Error> {
+    fn rules_of(&self, vm: &str, idx: u32, spec: &VmSpec) -> Option<LeaseRules> {
+        let addrs = self.cfg.pool.addrs(idx)?;
+        Some(LeaseRules {
+            vm: vm.to_string(),
+            tap: tap_name(idx),
+            mac: lease_mac(idx),
+            guest: addrs.guest,
+            groups: spec.network.groups.clone(),
+            host_ports: spec.network.host_ports.clone(),
+            forwards: spec.network.forwards.clone(),
+        })
+    }
+
+    /// One lease's change as one netlink batch; the full table from the
+    /// rows when nothing is loaded yet or the batch fails (the rows are
+    /// the truth, the kernel's table follows them).
+    async fn apply_lease(&self, table: &mut Table, vm: &str, rules: Option<LeaseRules>) -> std::result::Result<(), paddock_net::Error> {
+        if table.is_loaded() {
+            match table.update(vm, rules) {
+                Ok(applied) => {
+                    tracing::debug!(vm, ?applied, "nftables lease change");
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(vm, error = %e, "nftables batch failed; reloading the whole table from the lease rows"),
+            }
+        }
+        self.load_locked(table).await
+    }
+
+    async fn load_locked(&self, table: &mut Table) -> std::result::Result<(), paddock_net::Error> {
         let rows = self.store.leases().await.map_err(|e| paddock_net::Error::Pool(e.to_string()))?;
-        let rules: Vec<LeaseRules> = rows
-            .into_iter()
-            .filter_map(|(vm, idx, spec)| {
-                let addrs = self.cfg.pool.addrs(idx)?;
-                let spec = spec?;
-                Some(LeaseRules {
-                    vm,
-                    tap: tap_name(idx),
-                    mac: lease_mac(idx),
-                    guest: addrs.guest,
-                    groups: spec.network.groups.clone(),
-                    host_ports: spec.network.host_ports.clone(),
-                    forwards: spec.network.forwards.clone(),
-                })
-            })
-            .collect();
-        let cfg = TableConfig { pool_cidr: self.cfg.pool.cidr(), masquerade: self.cfg.masquerade.clone() };
-        let text = nft::render(&cfg, &rules);
-        tokio::task::spawn_blocking(move || nft::apply(&text))
-            .await
-            .map_err(|e| paddock_net::Error::Pool(format!("nft worker: {e}")))?
+        let rules: Vec<LeaseRules> = rows.into_iter().filter_map(|(vm, idx, spec)| self.rules_of(&vm, idx, &spec?)).collect();
+        // `nft -f` blocks for tens of milliseconds: off the async workers.
+        let mut owned = std::mem::replace(table, Table::new(table.config().clone()));
+        let (owned, result) = tokio::task::spawn_blocking(move || {
+            let r = owned.load(&rules);
+            (owned, r)
+        })
+        .await
+        .map_err(|e| paddock_net::Error::Pool(format!("nft worker: {e}")))?;
+        *table = owned;
+        result
     }
 
     /// Deletes our TAPs that have no lease, frees leases whose VM is gone,
     /// and rebuilds the table. Touches nothing when Paddock has never made
     /// a lease here (so hosts without nftables are left alone).
     pub async fn reap(&self) -> Result<ReapReport> {
-        let _g = self.lock.lock().await;
+        let mut table = self.lock.lock().await;
         let mut report = ReapReport::default();
         let rows = self.store.leases().await?;
         for (vm, _, spec) in &rows {
@@ -258,8 +295,15 @@ impl NetManager {
                 }
             }
         }
-        if !rows.is_empty() || !ours.is_empty() {
-            self.rebuild_locked().await.map_err(|e| net_err("*", e))?;
+        // The repair: the full table again when the reaper changed
+        // anything or the kernel's table is not what was applied.
+        let changed = !report.taps_deleted.is_empty() || !report.leases_freed.is_empty();
+        let intact = table.intact().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot check the nftables table; loading it again");
+            false
+        });
+        if (!rows.is_empty() || !ours.is_empty()) && (changed || !intact) {
+            self.load_locked(&mut table).await.map_err(|e| net_err("*", e))?;
         }
         Ok(report)
     }

@@ -182,6 +182,7 @@ impl Actor for RegistryActor {
 
 impl RegistryState {
     async fn create(&mut self, me: &ActorRef<RegistryMessage>, spec: VmSpec) -> Result<ActorRef<VmMessage>> {
+        let mut steps = crate::steps::Steps::new();
         spec.validate()?;
         if self.vms.contains_key(&spec.name) {
             return Err(Error::AlreadyExists { name: spec.name });
@@ -197,13 +198,16 @@ impl RegistryState {
         crate::netmgr::NetManager::check_allowed(&spec)?;
         let checked = crate::disks::for_validation(&spec, &self.deps.images)?;
         backend.prepare(&checked, &RunPaths::new(&self.deps.run_dir, &spec.name), None)?;
+        steps.lap("validate");
         crate::crash_point!("up.before-insert");
-        self.deps.store.insert_vm(&spec, &VmPhase::Defined).await.map_err(|e| match self.vms.contains_key(&spec.name) {
+        // The row and its Created event in one transaction: one fsync.
+        let row = crate::store::RowChange::VmInserted { spec: spec.clone(), phase: VmPhase::Defined };
+        self.deps.events.publish_with(row, EventKind::Created, 0).await.map_err(|e| match self.vms.contains_key(&spec.name) {
             true => Error::AlreadyExists { name: spec.name.clone() },
             false => Error::Store(e),
         })?;
+        steps.lap("row+event");
         crate::crash_point!("up.after-insert");
-        self.deps.events.publish(&spec.name, EventKind::Created, 0, None).await;
         let name = spec.name.clone();
         let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, backend, deps: self.deps.clone(), recovery: None };
         let vm = match Actor::spawn_linked(None, VmActor, args, me.get_cell()).await {
@@ -213,6 +217,8 @@ impl RegistryState {
                 return Err(Error::Unavailable(format!("cannot start the VM actor: {e}")));
             }
         };
+        steps.lap("actor");
+        steps.log(&name, "create steps");
         self.vms.insert(name, vm.clone());
         Ok(vm)
     }

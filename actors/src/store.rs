@@ -84,6 +84,15 @@ pub struct RunRecord {
     pub paths: crate::backend::RunPaths,
 }
 
+/// A row change that travels with its event (`write_with_event`).
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    /// An `up`'s new, provisional VM row (desired `running`).
+    VmInserted { spec: VmSpec, phase: VmPhase },
+    /// A phase transition, with an `up`'s confirmation.
+    Phase { name: String, phase: VmPhase, generation: u64, confirm: bool },
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
@@ -228,7 +237,8 @@ impl Store {
     pub async fn set_desired(&self, name: &str, desired: Desired) -> Result<(), StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            c.execute("UPDATE vms SET desired = ?2 WHERE name = ?1", params![name, desired.as_str()])?;
+            // Unchanged: no row written, so the commit syncs nothing.
+            c.execute("UPDATE vms SET desired = ?2 WHERE name = ?1 AND desired IS NOT ?2", params![name, desired.as_str()])?;
             Ok(())
         })
         .await
@@ -329,17 +339,15 @@ impl Store {
             if let Some(idx) = tx.query_row("SELECT idx FROM leases WHERE vm = ?1", params![vm], |r| r.get::<_, u32>(0)).optional()? {
                 return Ok(Some(idx));
             }
-            let mut next = 0u32;
-            {
-                let mut stmt = tx.prepare("SELECT idx FROM leases ORDER BY idx")?;
-                let used = stmt.query_map([], |r| r.get::<_, u32>(0))?;
-                for u in used {
-                    if u? != next {
-                        break;
-                    }
-                    next += 1;
-                }
-            }
+            // The lowest free index: 0, or the first used one whose
+            // successor is free (both lookups use idx's UNIQUE index, so
+            // SQLite does the walk without handing us every row).
+            let next: u32 = tx.query_row(
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM leases WHERE idx = 0) THEN 0 \
+                 ELSE (SELECT MIN(a.idx) + 1 FROM leases a WHERE NOT EXISTS (SELECT 1 FROM leases b WHERE b.idx = a.idx + 1)) END",
+                [],
+                |r| r.get(0),
+            )?;
             if next >= capacity {
                 return Ok(None);
             }
@@ -354,6 +362,24 @@ impl Store {
     pub async fn release_lease(&self, vm: &str) -> Result<bool, StoreError> {
         let vm = vm.to_string();
         self.with(move |c| Ok(c.execute("DELETE FROM leases WHERE vm = ?1", params![vm])? > 0)).await
+    }
+
+    /// One VM's lease index with its spec (one row; `leases` reads them all).
+    pub async fn lease(&self, vm: &str) -> Result<Option<(u32, Option<VmSpec>)>, StoreError> {
+        let vm = vm.to_string();
+        self.with(move |c| {
+            let row = c
+                .query_row("SELECT l.idx, v.spec FROM leases l LEFT JOIN vms v ON v.name = l.vm WHERE l.vm = ?1", params![vm], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .optional()?;
+            Ok(match row {
+                Some((idx, Some(s))) => Some((idx, Some(serde_json::from_str(&s)?))),
+                Some((idx, None)) => Some((idx, None)),
+                None => None,
+            })
+        })
+        .await
     }
 
     /// Every lease with its VM's spec (None: the VM row is gone).
@@ -371,6 +397,43 @@ impl Store {
                 out.push((vm, idx, spec));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Writes a row change and its event in one transaction (one fsync
+    /// where there were two); returns the event's sequence number.
+    pub async fn write_with_event(&self, change: RowChange, ev: &Event) -> Result<u64, StoreError> {
+        let body = serde_json::to_string(ev)?;
+        let (vm, ts) = (ev.vm.clone(), ev.ts_ms);
+        let change = match change {
+            RowChange::VmInserted { spec, phase } => (spec.name.clone(), Some(serde_json::to_string(&spec)?), serde_json::to_string(&phase)?, 0, false),
+            RowChange::Phase { name, phase, generation, confirm } => (name, None, serde_json::to_string(&phase)?, generation, confirm),
+        };
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (name, spec, phase, generation, confirm) = change;
+            match spec {
+                Some(spec) => {
+                    // Desired `running` at once: a created VM is started
+                    // next (Registry::create), and the start's own write of
+                    // it then changes nothing and costs no fsync.
+                    tx.execute(
+                        "INSERT INTO vms (name, spec, desired, phase, generation, provisional, created_ms) VALUES (?1, ?2, 'running', ?3, 0, 1, ?4)",
+                        params![name, spec, phase, now_ms()],
+                    )?;
+                }
+                None => {
+                    tx.execute("UPDATE vms SET phase = ?2, generation = ?3 WHERE name = ?1", params![name, phase, generation as i64])?;
+                    if confirm {
+                        tx.execute("UPDATE vms SET provisional = 0 WHERE name = ?1", params![name])?;
+                    }
+                }
+            }
+            tx.execute("INSERT INTO events (ts_ms, vm, body) VALUES (?1, ?2, ?3)", params![ts as i64, vm, body])?;
+            let seq = tx.last_insert_rowid() as u64;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
@@ -506,6 +569,26 @@ mod tests {
         assert_eq!(Store::open(&path).unwrap().instance_id().await.unwrap(), first, "a reopened store keeps its identity");
         let other = tempfile::tempdir().unwrap();
         assert_ne!(Store::open(&other.path().join("state.db")).unwrap().instance_id().await.unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn a_row_change_and_its_event_are_written_together_or_not_at_all() {
+        use crate::events::EventKind;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let ev = |vm: &str, kind| Event { seq: 0, ts_ms: 1, vm: vm.into(), kind, generation: 0, message: None };
+        let insert = RowChange::VmInserted { spec: spec("a"), phase: VmPhase::Defined };
+        s.write_with_event(insert.clone(), &ev("a", EventKind::Created)).await.unwrap();
+        assert_eq!(s.event_count().await.unwrap(), 1);
+        // A second insert of the name fails: its event must not stay.
+        assert!(s.write_with_event(insert, &ev("a", EventKind::Created)).await.is_err());
+        assert_eq!(s.event_count().await.unwrap(), 1, "the failed change left its event");
+        let phase = RowChange::Phase { name: "a".into(), phase: VmPhase::Running, generation: 2, confirm: true };
+        s.write_with_event(phase, &ev("a", EventKind::Phase { phase: VmPhase::Running })).await.unwrap();
+        let rows = s.load_vms().await.unwrap();
+        assert_eq!((rows[0].phase.clone(), rows[0].generation, rows[0].provisional), (VmPhase::Running, 2, false));
+        assert_eq!(rows[0].desired, Desired::Running, "a created VM is to run");
+        assert_eq!(s.event_count().await.unwrap(), 2);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A unicast, locally administered MAC (52:54:00 is QEMU's OUI; we set the
 /// local bit instead so we never collide with a vendor's address space).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MacAddress(pub [u8; 6]);
 
 impl MacAddress {

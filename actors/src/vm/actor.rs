@@ -107,6 +107,7 @@ struct Run {
     start_failure: Option<String>,
     /// The vhost-user vsock device process, stopped after the hypervisor.
     vsock_device: Option<crate::vsock::Device>,
+    early_control: Option<crate::control::EarlyConnect>,
 }
 
 struct Stopping {
@@ -316,6 +317,7 @@ impl Run {
             control_closed: false,
             start_failure: None,
             vsock_device: None,
+            early_control: None,
         }
     }
 
@@ -396,13 +398,13 @@ impl VmState {
         let next = phase::next(&self.phase, &ev).map_err(|d| self.conflict(d.to_string()))?;
         let generation = self.generation + 1;
         let unrecorded = |e: crate::store::StoreError| self.not_recorded(what, &e);
-        self.deps.store.set_phase(&self.name, &next, generation).await.map_err(unrecorded)?;
-        if confirm {
-            self.deps.store.confirm(&self.name).await.map_err(unrecorded)?;
-        }
+        // Phase, confirmation and event in one transaction: one fsync.
+        let change = crate::store::RowChange::Phase { name: self.name.clone(), phase: next.clone(), generation, confirm };
+        self.deps.events.publish_with(change, EventKind::Phase { phase: next.clone() }, generation).await.map_err(unrecorded)?;
         self.phase = next;
         self.generation = generation;
-        self.announce_phase(None).await;
+        tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
+        self.post_board();
         Ok(())
     }
 
@@ -461,12 +463,16 @@ impl VmState {
     }
 
     async fn begin_start(&mut self, me: &ActorRef<VmMessage>) -> Result<()> {
+        let mut steps = crate::steps::Steps::new();
         self.deps.store.set_desired(&self.name, Desired::Running).await?;
+        steps.lap("desired");
         let lease = match self.spec.network.mode {
             crate::spec::NetworkMode::Tap => Some(self.deps.net.acquire(&self.name).await?),
             _ => None,
         };
+        steps.lap("lease");
         let spec = self.materialize_disks(lease.as_ref()).await?;
+        steps.lap("disks");
         let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
         self.make_run_dir()?;
         crash_point!("start.after-dir");
@@ -478,7 +484,9 @@ impl VmState {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         self.backend.before_spawn(&spec, &self.paths)?;
+        steps.lap("argv+run_dir");
         self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
+        steps.lap("starting_durable");
         // QEMU appends each run to console.log: readiness counts from its
         // current end. Cloud Hypervisor truncates it at boot: from 0.
         let ready_from = match self.spec.backend {
@@ -505,6 +513,8 @@ impl VmState {
             }
         };
         let pid = spawned.pid;
+        let early_control = crate::control::EarlyConnect::start(self.backend.clone(), plan.clone());
+        steps.lap("spawn");
         crash_point!("start.after-spawn");
         tracing::info!(vm = %self.name, pid, accel = ?plan.accel, "hypervisor started");
         self.accel = Some(plan.accel);
@@ -529,6 +539,7 @@ impl VmState {
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
+        steps.lap("run_recorded");
         crash_point!("start.after-run-recorded");
         // Kept to end the hypervisor if nothing can watch it (the actor
         // system is shutting down): a failed start leaves nothing running.
@@ -549,12 +560,15 @@ impl VmState {
         };
         let mut run = Run::new(pid, run_id, plan, process);
         run.vsock_device = vsock_device;
+        run.early_control = Some(early_control);
         run.ready_from = ready_from;
         run.probe_target = probe_target;
         self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
         self.post_board();
+        steps.lap("watchers");
+        steps.log(&self.name, "start steps");
         Ok(())
     }
 
@@ -616,7 +630,7 @@ impl VmState {
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone() };
+        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), early: run.early_control.take() };
         match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.control = Some(c);
