@@ -155,6 +155,31 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}&volumes={volumes}"), None).await.map(drop)
     }
 
+    /// Snapshot of VM `name` (named `as_`, else `<name>-<unix seconds>`).
+    pub async fn snapshot(&self, name: &str, as_: Option<&str>, then: crate::AfterSnapshot) -> Result<crate::SnapshotInfo> {
+        let then = match then {
+            crate::AfterSnapshot::Resume => "resume",
+            crate::AfterSnapshot::Stop => "stop",
+        };
+        let named = as_.map(|s| format!("&as={s}")).unwrap_or_default();
+        self.json(Method::POST, &format!("/v1/vms/{name}/snapshot?then={then}{named}"), None).await
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<crate::SnapshotInfo>> {
+        self.json(Method::GET, "/v1/snapshots", None).await
+    }
+
+    pub async fn snapshot_remove(&self, snapshot: &str) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/snapshots/{snapshot}"), None).await.map(drop)
+    }
+
+    /// A new VM from `snapshot`, named `name` (else the snapshotted VM's).
+    pub async fn restore(&self, snapshot: &str, name: Option<&str>, wait: WaitFor, timeout_secs: u64) -> Result<VmInfo> {
+        let named = name.map(|n| format!("&name={n}")).unwrap_or_default();
+        let path = format!("/v1/snapshots/{snapshot}/restore?wait={}&timeout_secs={timeout_secs}{named}", wait_str(wait));
+        self.json(Method::POST, &path, None).await
+    }
+
     /// Starts a pull; the body is NDJSON (progress lines, then the image or
     /// an error).
     pub async fn image_pull(&self, url: &str, sha256: &str) -> Result<Incoming> {

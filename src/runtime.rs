@@ -16,6 +16,7 @@ use paddock_actors::{
     Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
     Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
 };
+use paddock_actors::snapshot::{AfterSnapshot, SnapshotInfo, Snapshots};
 
 /// Where state lives and how hypervisors are reached.
 #[derive(Debug, Clone)]
@@ -138,6 +139,14 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
+        // A snapshot cut short by a crash: its partial files go, and a VM
+        // it had paused runs again.
+        let snapshots = Snapshots::new(&config.state_dir);
+        snapshots.remove_partial();
+        for vm in snapshots.take_resume_marks() {
+            let resumed = route_to(&registry, &vm, QUICK, |reply| VmMessage::Resume { reply }).await;
+            tracing::info!(vm = %vm, ok = resumed.is_ok(), "resumed a VM paused by an interrupted snapshot");
+        }
         // The reaper runs once in recovery, then every minute, with the
         // event retention.
         let bus = events.clone();
@@ -230,6 +239,43 @@ impl Runtime {
         self.route(name, budget, |reply| VmMessage::Remove { force, volumes, reply }).await
     }
 
+    /// Pauses VM `name`, saves its state and disks as snapshot `snapshot`
+    /// (`STATE_DIR/snapshots/`), then resumes or stops it as `then` says.
+    pub async fn snapshot(&self, name: &str, snapshot: &str, then: AfterSnapshot) -> Result<SnapshotInfo> {
+        paddock_actors::snapshot::validate_name(snapshot)?;
+        let snapshot = snapshot.to_string();
+        let budget = paddock_actors::control::STATE_TIMEOUT + self.config.control_timeout + MARGIN;
+        self.route(name, budget, |reply| VmMessage::Snapshot { snapshot, then, reply }).await
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Snapshots::new(&self.config.state_dir).list()
+    }
+
+    pub fn get_snapshot(&self, snapshot: &str) -> Result<SnapshotInfo> {
+        Ok(Snapshots::new(&self.config.state_dir).get(snapshot)?)
+    }
+
+    /// Deletes a snapshot; refused while a VM starts from it.
+    pub async fn remove_snapshot(&self, snapshot: &str) -> Result<()> {
+        let user = self.list().into_iter().find(|v| v.spec.boot.snapshot.as_deref() == Some(snapshot)).map(|v| v.name);
+        let info = Snapshots::new(&self.config.state_dir).remove(snapshot, user.as_deref())?;
+        let message = format!("snapshot {snapshot:?} removed");
+        self.events.publish(&info.vm, paddock_actors::EventKind::Note, 0, Some(message)).await;
+        Ok(())
+    }
+
+    /// A new VM `name` (default: the snapshotted VM's name) started from
+    /// snapshot `snapshot`: the snapshot's spec under the new name, with
+    /// `boot.snapshot` set, supervised like any other VM.
+    pub async fn restore(&self, snapshot: &str, name: Option<&str>, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        let info = self.get_snapshot(snapshot)?;
+        let mut spec = info.spec;
+        spec.name = name.map(String::from).unwrap_or(info.vm);
+        spec.boot.snapshot = Some(snapshot.to_string());
+        self.up(spec, wait, timeout).await
+    }
+
     /// The image cache (`STATE_DIR/images`).
     pub fn images(&self) -> &Arc<paddock_images::ImageCache> {
         &self.images
@@ -319,12 +365,19 @@ impl Runtime {
         timeout: Duration,
         make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
     ) -> Result<T> {
-        let (tx, rx) = ractor::concurrency::oneshot();
-        self.registry
-            .cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) })
-            .map_err(|_| gone())?;
-        await_reply(rx, timeout, name).await
+        route_to(&self.registry, name, timeout, make).await
     }
+}
+
+async fn route_to<T: Send + 'static>(
+    registry: &ActorRef<RegistryMessage>,
+    name: &str,
+    timeout: Duration,
+    make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+) -> Result<T> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    registry.cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) }).map_err(|_| gone())?;
+    await_reply(rx, timeout, name).await
 }
 
 fn gone() -> Error {

@@ -24,7 +24,13 @@ pub enum ControlMessage {
     Connected(Result<Box<dyn ControlChannel>, ControlError>),
     /// Valid once the VM actor has received `ControlUp`.
     Command(ControlCommand, RpcReplyPort<Result<Option<GuestStatus>, String>>),
+    /// Pause the guest and save its whole state into the file (a
+    /// snapshot); the guest stays paused.
+    SaveState(std::fs::File, RpcReplyPort<Result<(), String>>),
 }
+
+/// The longest a save or load of a VM's state may take.
+pub const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct ControlActor;
 
@@ -32,6 +38,9 @@ pub struct ControlArgs {
     pub vm: ActorRef<VmMessage>,
     pub backend: Arc<dyn Backend>,
     pub plan: LaunchPlan,
+    /// A saved state to load (a start from a snapshot) before the channel
+    /// reports itself up.
+    pub incoming: Option<std::fs::File>,
 }
 
 pub struct ControlState {
@@ -46,9 +55,15 @@ impl Actor for ControlActor {
     type Arguments = ControlArgs;
 
     async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ControlArgs) -> Result<ControlState, ActorProcessingErr> {
-        let ControlArgs { vm, backend, plan } = args;
+        let ControlArgs { vm, backend, plan, incoming } = args;
         tokio::spawn(async move {
-            let r = backend.connect(&plan).await;
+            let mut r = backend.connect(&plan).await;
+            if let (Ok(ch), Some(file)) = (r.as_mut(), incoming) {
+                crate::crash_point!("restore.before-load");
+                if let Err(e) = ch.load_state(&file, STATE_TIMEOUT).await {
+                    r = Err(e);
+                }
+            }
             let _ = me.cast(ControlMessage::Connected(r));
         });
         Ok(ControlState { vm, channel: None, forwarder: None })
@@ -91,6 +106,13 @@ impl Actor for ControlActor {
                         ControlCommand::Status => ch.status().await.map(Some),
                     }
                     .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            ControlMessage::SaveState(file, reply) => {
+                let r = match st.channel.as_mut() {
+                    None => Err("control channel is not connected".to_string()),
+                    Some(ch) => ch.save_state(&file, STATE_TIMEOUT).await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
             }

@@ -20,9 +20,14 @@
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
 //! DELETE /v1/images/{sha256}                    refused while a VM uses it
+//! POST   /v1/vms/{name}/snapshot?as=&then=      save state + disks (then: resume | stop)
+//! GET    /v1/snapshots                          snapshots
+//! DELETE /v1/snapshots/{snapshot}               refused while a VM starts from it
+//! POST   /v1/snapshots/{snapshot}/restore?name=&wait=&timeout_secs=   a new VM from it
 //! ```
 
 mod console;
+mod snapshots;
 pub mod drain;
 mod upgrade;
 mod vsock;
@@ -76,6 +81,10 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/images", get(images::list).post(images::pull))
         .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
+        .route("/v1/vms/{name}/snapshot", post(snapshots::take))
+        .route("/v1/snapshots", get(snapshots::list))
+        .route("/v1/snapshots/{snapshot}", axum::routing::delete(snapshots::remove))
+        .route("/v1/snapshots/{snapshot}/restore", post(snapshots::restore))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(runtime)
 }

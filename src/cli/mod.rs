@@ -8,6 +8,7 @@
 mod console;
 mod images;
 mod limits;
+mod snapshots;
 mod table;
 mod vsock;
 
@@ -159,6 +160,11 @@ enum Command {
     /// Data disks kept after `rm` (without --volumes).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Save a running VM's state and disks (`snapshot NAME [--as SNAP]`),
+    /// or `snapshot ls`, `snapshot rm SNAP`.
+    Snapshot(snapshots::SnapshotArgs),
+    /// A new VM from a snapshot, supervised like any other.
+    Restore(snapshots::RestoreArgs),
     /// Connect stdin/stdout to a port of the guest's vsock (the VM needs
     /// `vsock = true`).
     Vsock {
@@ -322,6 +328,8 @@ async fn run(cli: Cli) -> i32 {
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
         Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
+        Command::Snapshot(args) => snapshots::snapshot(&client, json, args).await,
+        Command::Restore(args) => snapshots::restore(&client, json, args).await,
         Command::Vsock { name, port, linger_ms } => vsock::bridge(&client, &name, port, Duration::from_millis(linger_ms)).await,
         Command::Rm { name, force, volumes } => async {
             client.remove_with(&name, force, volumes).await?;

@@ -26,6 +26,9 @@ use crate::registry::RegistryMessage;
 use crate::spec::{Accel, OnPanic, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
 
+#[path = "snapshot.rs"]
+mod snapshot;
+
 /// How long an exit waits for the control channel's last events.
 const EXIT_DRAIN: Duration = Duration::from_millis(500);
 /// How long the Quit, SIGTERM and SIGKILL rungs each wait for the exit.
@@ -107,6 +110,9 @@ struct Run {
     start_failure: Option<String>,
     /// The vhost-user vsock device process, stopped after the hypervisor.
     vsock_device: Option<crate::vsock::Device>,
+    /// The saved state a start from a snapshot loads (taken by the first
+    /// Control actor).
+    incoming: Option<std::fs::File>,
 }
 
 struct Stopping {
@@ -215,6 +221,8 @@ impl Actor for VmActor {
             }
             VmMessage::Follow { reply } => st.on_follow(reply).await,
             VmMessage::Attach { reply } => st.on_attach(reply),
+            VmMessage::Snapshot { snapshot, then, reply } => st.on_snapshot(&me, snapshot, then, reply),
+            VmMessage::SnapshotDone { result, then, reply } => st.on_snapshot_done(&me, result, then, reply).await,
             VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
             VmMessage::ExitDrained { pid } => {
                 if let Some((p, exit)) = st.pending_exit.filter(|(p, _)| *p == pid) {
@@ -316,6 +324,7 @@ impl Run {
             control_closed: false,
             start_failure: None,
             vsock_device: None,
+            incoming: None,
         }
     }
 
@@ -466,8 +475,12 @@ impl VmState {
             crate::spec::NetworkMode::Tap => Some(self.deps.net.acquire(&self.name).await?),
             _ => None,
         };
+        let incoming = self.snapshot_incoming().await?;
         let spec = self.materialize_disks(lease.as_ref()).await?;
-        let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
+        let mut plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
+        if incoming.is_some() {
+            self.backend.incoming(&spec, &mut plan)?;
+        }
         self.make_run_dir()?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
@@ -551,9 +564,16 @@ impl VmState {
         run.vsock_device = vsock_device;
         run.ready_from = ready_from;
         run.probe_target = probe_target;
+        let restored = incoming.map(|i| {
+            run.incoming = Some(i.memory);
+            i.ready
+        });
         self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
+        if let Some(ready) = restored {
+            self.on_restoring(me, ready).await;
+        }
         self.post_board();
         Ok(())
     }
@@ -616,7 +636,7 @@ impl VmState {
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone() };
+        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), incoming: run.incoming.take() };
         match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.control = Some(c);
@@ -1387,7 +1407,7 @@ async fn kill_unrecorded(spawned: process::Spawned) {
 
 /// Runs one control command with a deadline; `None` control means the
 /// channel is down, which is an error the ladder escalates past.
-async fn control_call(
+pub(super) async fn control_call(
     control: Option<ActorRef<ControlMessage>>,
     cmd: ControlCommand,
     timeout: Duration,

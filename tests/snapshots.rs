@@ -1,0 +1,98 @@
+//! Snapshots with real QEMU (TCG) and the busybox test guest: a snapshot
+//! of a ready guest restores as a new VM that answers at once (no boot on
+//! its console), side by side with the original; `boot.snapshot` in a
+//! spec; a daemon killed in the middle of a snapshot or a restore leaves
+//! the VM running and the snapshot absent or whole.
+
+mod common;
+
+use common::*;
+use paddock::{AfterSnapshot, EventKind, VmPhase, WaitFor};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+async fn up_ready(d: &Daemon, name: &str) -> paddock::VmInfo {
+    d.client.up(&guest_spec(name, ""), WaitFor::Ready, BOOT.as_secs()).await.unwrap_or_else(|e| panic!("up {name}: {e}\n{}", d.log()))
+}
+
+/// The last line a shell command printed (the console echoes the command).
+async fn run_in(d: &Daemon, vm: &str, cmd: &str) -> String {
+    let (out, code) = guest_run(&d.client, vm, cmd, Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{vm}: `{cmd}` failed:\n{out}");
+    out.trim().lines().last().unwrap_or("").trim().to_string()
+}
+
+fn console_log(d: &Daemon, vm: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(d.run_dir().join(vm).join("console.log")).unwrap_or_default()).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_restores_as_a_new_vm_that_answers_at_once_beside_the_original() {
+    let d = Daemon::start();
+    let since = last_seq(&d.client).await;
+    let src = up_ready(&d, "src").await;
+    // Something only the source's memory knows, to find in the clone.
+    assert_eq!(run_in(&d, "src", "export SECRET=from-the-source; echo ok").await, "ok");
+
+    let snap = d.client.snapshot("src", Some("s1"), AfterSnapshot::Resume).await.expect("snapshot");
+    assert_eq!((snap.name.as_str(), snap.vm.as_str(), snap.ready), ("s1", "src", true));
+    assert!(snap.bytes >= 1 << 20, "the memory file is far too small: {} bytes", snap.bytes);
+    wait_event(&d.client, since, Duration::from_secs(10), |e| {
+        e.vm == "src" && matches!(&e.kind, EventKind::SnapshotTaken { snapshot, bytes } if snapshot == "s1" && *bytes == snap.bytes)
+    })
+    .await;
+    let listed = d.client.snapshots().await.expect("snapshot ls");
+    assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+    assert_eq!(d.client.get("src").await.expect("src").phase, VmPhase::Running, "the source runs on after its snapshot");
+
+    let boot_log = console_log(&d, "src");
+    assert!(boot_log.contains(READY_MARKER), "the source's console shows its boot");
+    let clone = d.client.restore("s1", Some("clone"), WaitFor::Ready, 60).await.unwrap_or_else(|e| panic!("restore: {e}\n{}", d.log()));
+    assert_eq!(clone.phase, VmPhase::Running);
+    assert_eq!(clone.spec.boot.snapshot.as_deref(), Some("s1"));
+    assert_ne!(clone.pid, src.pid);
+    // The clone's shell is the source's: its environment came along, and
+    // it answers without booting.
+    assert_eq!(run_in(&d, "clone", "echo NEW-$((40+2)) $SECRET").await, "NEW-42 from-the-source");
+    let clone_log = console_log(&d, "clone");
+    assert!(!clone_log.contains(READY_MARKER) && !clone_log.contains("Linux version"), "the clone booted:\n{clone_log}");
+    wait_event(&d.client, since, Duration::from_secs(10), |e| e.vm == "clone" && matches!(&e.kind, EventKind::Restored { snapshot } if snapshot == "s1")).await;
+
+    // Both run, each its own process, and the source's shell is its own.
+    assert_eq!(run_in(&d, "src", "echo still $SECRET").await, "still from-the-source");
+    let running: Vec<_> = d.client.list().await.expect("ps").into_iter().filter(|v| v.phase == VmPhase::Running).map(|v| v.name).collect();
+    assert_eq!(running.len(), 2, "{running:?}");
+
+    // In use: not removable while the clone starts from it.
+    let err = d.client.snapshot_remove("s1").await.expect_err("rm of a snapshot in use");
+    assert!(err.to_string().contains("clone"), "{err}");
+    // Taken twice under one name: refused, the first kept.
+    let err = d.client.snapshot("src", Some("s1"), AfterSnapshot::Resume).await.expect_err("same name twice");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    // The clone is supervised like any VM: stop, rm; then the snapshot goes.
+    d.client.remove("clone", true).await.expect("rm clone");
+    d.client.snapshot_remove("s1").await.expect("snapshot rm");
+    assert!(d.client.snapshots().await.expect("ls").is_empty());
+    assert!(!d.state_dir().join("snapshots/s1").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_snapshot_requests_are_refused_with_the_field_and_leave_nothing() {
+    let d = Daemon::start();
+    let err = d.client.snapshot("nope", Some("s"), AfterSnapshot::Resume).await.expect_err("unknown VM");
+    assert_eq!(err.kind(), Some("not_found"), "{err}");
+    let err = d.client.snapshot("nope", Some("../x"), AfterSnapshot::Resume).await.expect_err("bad name");
+    assert!(err.to_string().contains("as"), "{err}");
+    let err = d.client.restore("missing", Some("c"), WaitFor::Running, 10).await.expect_err("unknown snapshot");
+    assert_eq!(err.kind(), Some("not_found"), "{err}");
+    let mut spec = guest_spec("bad", "");
+    spec.boot.snapshot = Some("Bad/Name".into());
+    let err = d.client.up(&spec, WaitFor::Running, 10).await.expect_err("bad boot.snapshot");
+    assert!(err.to_string().contains("boot.snapshot"), "{err}");
+    spec.boot.snapshot = Some("absent".into());
+    let err = d.client.up(&spec, WaitFor::Running, 10).await.expect_err("absent boot.snapshot");
+    assert!(err.to_string().contains("absent"), "{err}");
+    assert!(d.client.list().await.expect("ps").is_empty(), "a refused up left a VM");
+    assert!(d.db_vm_names().is_empty());
+}
