@@ -96,3 +96,63 @@ async fn bad_snapshot_requests_are_refused_with_the_field_and_leave_nothing() {
     assert!(d.client.list().await.expect("ps").is_empty(), "a refused up left a VM");
     assert!(d.db_vm_names().is_empty());
 }
+
+/// Restarts the daemon with `point` armed (or none).
+fn restart_with(d: &mut Daemon, point: Option<&str>) {
+    d.kill9();
+    d.envs.retain(|(k, _)| k != "FAILPOINTS");
+    if let Some(p) = point {
+        d.envs.push(("FAILPOINTS".into(), format!("{p}=return")));
+    }
+    d.spawn();
+}
+
+async fn wait_running(d: &Daemon, vm: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let since = last_seq(&d.client).await;
+    if d.client.get(vm).await.map(|i| i.phase == VmPhase::Running).unwrap_or(false) {
+        return;
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    wait_event(&d.client, since, left, |e| is_phase(e, vm, |p| *p == VmPhase::Running)).await;
+}
+
+/// The daemon dies after the state is saved (the VM paused), before the
+/// snapshot is renamed into place, and while a restore loads the state:
+/// after a restart the VM runs (resumed), the snapshot is absent or whole,
+/// nothing partial is left, and the same requests then succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_snapshot_or_restore_leaves_the_vm_running_and_no_half_snapshot() {
+    let mut d = Daemon::start();
+    up_ready(&d, "src").await;
+    assert_eq!(run_in(&d, "src", "export MARK=kept; echo ok").await, "ok");
+    for point in ["snapshot.after-save", "snapshot.before-rename"] {
+        restart_with(&mut d, Some(point));
+        let r = d.client.snapshot("src", Some("s1"), AfterSnapshot::Resume).await;
+        assert!(r.is_err(), "{point}: the snapshot succeeded although the daemon died");
+        assert!(!d.wait_exit().success(), "{point}: the daemon did not die");
+        restart_with(&mut d, None);
+        wait_running(&d, "src").await;
+        assert_eq!(run_in(&d, "src", "echo $MARK").await, "kept", "{point}: the VM is not the same one, running");
+        assert!(d.client.snapshots().await.expect("ls").is_empty(), "{point}: a half-written snapshot is listed");
+        let left: Vec<_> = std::fs::read_dir(d.state_dir().join("snapshots")).expect("snapshots dir").flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{point}: left behind {left:?}");
+    }
+    d.client.snapshot("src", Some("s1"), AfterSnapshot::Resume).await.expect("snapshot after the crashes");
+
+    restart_with(&mut d, Some("restore.before-load"));
+    let r = d.client.restore("s1", Some("clone"), WaitFor::Running, 60).await;
+    assert!(r.is_err(), "the restore succeeded although the daemon died");
+    assert!(!d.wait_exit().success(), "the daemon did not die");
+    restart_with(&mut d, None);
+    // The unacknowledged restore is rolled back: no VM, no process.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while d.client.get("clone").await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the interrupted restore was not rolled back:\n{}", d.log());
+        tokio::task::yield_now().await;
+    }
+    assert!(pids_mentioning("paddock-clone").is_empty(), "the interrupted restore's QEMU still runs");
+    assert_eq!(d.client.snapshots().await.expect("ls").len(), 1, "the snapshot must survive a failed restore");
+    d.client.restore("s1", Some("clone"), WaitFor::Ready, 60).await.expect("restore after the crash");
+    assert_eq!(run_in(&d, "clone", "echo $MARK").await, "kept");
+}

@@ -181,6 +181,12 @@ impl ControlChannel for QmpControl {
             Some("running") => GuestStatus::Running,
             Some("paused") | Some("suspended") => GuestStatus::Paused,
             Some("shutdown") => GuestStatus::Shutdown,
+            // Started for a restore whose supervisor died before the state
+            // was sent: it will never run; the start is failed (and an
+            // unacknowledged one rolled back).
+            Some("inmigrate") => {
+                return Err(ControlError::Protocol("the VM still waits for its saved state (a restore was interrupted)".into()));
+            }
             _ => GuestStatus::Other,
         })
     }
