@@ -64,6 +64,26 @@ async fn a_snapshot_restores_as_a_new_vm_that_answers_at_once_beside_the_origina
     let running: Vec<_> = d.client.list().await.expect("ps").into_iter().filter(|v| v.phase == VmPhase::Running).map(|v| v.name).collect();
     assert_eq!(running.len(), 2, "{running:?}");
 
+    // `boot.snapshot` in an operator's own spec: a service VM that starts
+    // from the booted snapshot...
+    let mut svc = guest_spec("svc", "");
+    svc.boot.snapshot = Some("s1".into());
+    d.client.up(&svc, WaitFor::Ready, 60).await.unwrap_or_else(|e| panic!("up svc: {e}\n{}", d.log()));
+    assert_eq!(run_in(&d, "svc", "echo $SECRET").await, "from-the-source");
+    // ...and one whose machine differs from the snapshot's: a cold boot,
+    // said in an event.
+    let mut cold = guest_spec("cold", "");
+    cold.memory_mib = 160;
+    cold.boot.snapshot = Some("s1".into());
+    d.client.up(&cold, WaitFor::Ready, BOOT.as_secs()).await.unwrap_or_else(|e| panic!("up cold: {e}\n{}", d.log()));
+    let skipped = wait_event(&d.client, since, Duration::from_secs(10), |e| e.vm == "cold" && matches!(&e.kind, EventKind::SnapshotSkipped { .. })).await;
+    assert!(skipped.message.as_deref().unwrap_or("").contains("memory_mib"), "{skipped:?}");
+    assert!(console_log(&d, "cold").contains(READY_MARKER), "the cold VM did not boot");
+    assert_eq!(run_in(&d, "cold", "echo \"[$SECRET]\"").await, "[]");
+    for vm in ["svc", "cold"] {
+        d.client.remove(vm, true).await.expect("rm");
+    }
+
     // In use: not removable while the clone starts from it.
     let err = d.client.snapshot_remove("s1").await.expect_err("rm of a snapshot in use");
     assert!(err.to_string().contains("clone"), "{err}");

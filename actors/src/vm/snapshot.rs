@@ -228,3 +228,42 @@ impl VmState {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> VmSpec {
+        let mut base = serde_json::json!({"name": "web", "boot": {"kernel": "/k"}, "memory_mib": 128});
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(o.clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_fits_only_the_same_hypervisor_cpu_and_machine() {
+        let info = SnapshotInfo {
+            name: "s".into(),
+            vm: "web".into(),
+            spec: spec(serde_json::json!({})),
+            bytes: 1,
+            created_ms: 1,
+            ready: true,
+            hypervisor: "QEMU 7.2".into(),
+            cpu: "EPYC".into(),
+            disks: vec![],
+        };
+        let mut clone = spec(serde_json::json!({"name": "other", "restart": {"policy": "always"}}));
+        clone.boot.snapshot = Some("s".into());
+        assert_eq!(mismatch(&info, &clone, "QEMU 7.2", "EPYC"), None, "a new name, restart policy and boot.snapshot still fit");
+        assert!(mismatch(&info, &clone, "QEMU 8.0", "EPYC").unwrap().contains("QEMU 8.0"));
+        assert!(mismatch(&info, &clone, "QEMU 7.2", "Xeon").unwrap().contains("Xeon"));
+        clone.memory_mib = 256;
+        assert!(mismatch(&info, &clone, "QEMU 7.2", "EPYC").unwrap().contains("memory_mib"));
+        let mut other_kernel = spec(serde_json::json!({"boot": {"kernel": "/k2"}}));
+        other_kernel.boot.snapshot = Some("s".into());
+        assert!(mismatch(&info, &other_kernel, "QEMU 7.2", "EPYC").unwrap().contains("boot"));
+    }
+}
