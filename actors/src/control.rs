@@ -8,7 +8,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
-use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan};
+use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan, SavedState};
 use crate::vm::VmMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum ControlMessage {
     Command(ControlCommand, RpcReplyPort<Result<Option<GuestStatus>, String>>),
     /// Pause the guest and save its whole state into the file (a
     /// snapshot); the guest stays paused.
-    SaveState(std::fs::File, RpcReplyPort<Result<(), String>>),
+    SaveState(SavedState, RpcReplyPort<Result<(), String>>),
 }
 
 /// The longest a save or load of a VM's state may take.
@@ -40,7 +40,7 @@ pub struct ControlArgs {
     pub plan: LaunchPlan,
     /// A saved state to load (a start from a snapshot) before the channel
     /// reports itself up.
-    pub incoming: Option<std::fs::File>,
+    pub incoming: Option<SavedState>,
 }
 
 pub struct ControlState {
@@ -58,9 +58,9 @@ impl Actor for ControlActor {
         let ControlArgs { vm, backend, plan, incoming } = args;
         tokio::spawn(async move {
             let mut r = backend.connect(&plan).await;
-            if let (Ok(ch), Some(file)) = (r.as_mut(), incoming) {
+            if let (Ok(ch), Some(state)) = (r.as_mut(), incoming) {
                 crate::crash_point!("restore.before-load");
-                if let Err(e) = ch.load_state(&file, STATE_TIMEOUT).await {
+                if let Err(e) = ch.load_state(&state, STATE_TIMEOUT).await {
                     r = Err(e);
                 }
             }
@@ -109,10 +109,10 @@ impl Actor for ControlActor {
                 };
                 let _ = reply.send(r);
             }
-            ControlMessage::SaveState(file, reply) => {
+            ControlMessage::SaveState(state, reply) => {
                 let r = match st.channel.as_mut() {
                     None => Err("control channel is not connected".to_string()),
-                    Some(ch) => ch.save_state(&file, STATE_TIMEOUT).await.map_err(|e| e.to_string()),
+                    Some(ch) => ch.save_state(&state, STATE_TIMEOUT).await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
             }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::argv::{self, QemuBoot, QemuConfig, QemuNet, QemuVsock};
 use super::qmp::QmpClient;
 use crate::accel;
-use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, SavedState, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
 use crate::vsock;
@@ -147,7 +147,7 @@ impl Backend for QemuBackend {
         Ok(Box::new(QmpControl { client }))
     }
 
-    fn incoming(&self, _spec: &VmSpec, plan: &mut LaunchPlan) -> Result<(), Error> {
+    fn incoming(&self, _spec: &VmSpec, _source: &str, plan: &mut LaunchPlan) -> Result<(), Error> {
         // The state arrives later over QMP (`migrate-incoming`).
         plan.args.extend(["-incoming".into(), "defer".into()]);
         Ok(())
@@ -215,11 +215,11 @@ impl ControlChannel for QmpControl {
         self.client.take_events()
     }
 
-    async fn save_state(&mut self, file: &std::fs::File, timeout: Duration) -> Result<(), ControlError> {
-        super::migrate::save(&mut self.client, file, timeout).await
+    async fn save_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        super::migrate::save(&mut self.client, &state.memory, timeout).await
     }
 
-    async fn load_state(&mut self, file: &std::fs::File, timeout: Duration) -> Result<(), ControlError> {
-        super::migrate::load(&mut self.client, file, timeout).await
+    async fn load_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        super::migrate::load(&mut self.client, &state.memory, timeout).await
     }
 }

@@ -3,7 +3,7 @@
 
 mod store;
 
-pub use store::{host_cpu, validate_name, Partial, SnapshotError, SnapshotInfo, Snapshots, DISKS, MEMORY, META};
+pub use store::{host_cpu, validate_name, Partial, SnapshotError, SnapshotInfo, Snapshots, DISKS, HYPERVISOR_DIR, MEMORY, META};
 
 /// What a VM does once its snapshot is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

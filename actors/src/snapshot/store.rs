@@ -17,6 +17,8 @@ use crate::spec::VmSpec;
 pub const META: &str = "meta.json";
 pub const MEMORY: &str = "memory";
 pub const DISKS: &str = "disks";
+/// Files a hypervisor writes itself (Cloud Hypervisor's `vm.snapshot`).
+pub const HYPERVISOR_DIR: &str = "hypervisor";
 const PARTIAL: &str = ".partial-";
 /// `.resume-<snapshot>` holds the name of a VM that a snapshot paused and
 /// has not resumed yet.
@@ -211,6 +213,13 @@ impl Partial {
         std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io(&self.name, format!("cannot create {path:?}")))
     }
 
+    /// The directory a hypervisor writes its own snapshot files into.
+    pub fn hypervisor_dir(&self) -> Result<PathBuf, SnapshotError> {
+        let dir = self.dir.join(HYPERVISOR_DIR);
+        std::fs::create_dir(&dir).map_err(io(&self.name, format!("cannot create {dir:?}")))?;
+        Ok(dir)
+    }
+
     /// Copies one of the paused VM's disks in.
     pub fn copy_disk(&self, src: &Path, file: &str) -> Result<(), SnapshotError> {
         let dst = self.dir.join(DISKS).join(file);
@@ -229,6 +238,7 @@ impl Partial {
             File::open(&f).and_then(|f| f.sync_all()).map_err(io(&name, format!("cannot sync {f:?}")))?;
         }
         fsync_dir(&self.dir.join(DISKS)).map_err(io(&name, "cannot sync disks/"))?;
+        sync_tree(&self.dir.join(HYPERVISOR_DIR)).map_err(io(&name, "cannot sync the hypervisor's files"))?;
         fsync_dir(&self.dir).map_err(io(&name, "cannot sync its directory"))?;
         crate::crash_point!("snapshot.before-rename");
         std::fs::rename(&self.dir, self.root.join(&name)).map_err(io(&name, "cannot rename into place"))?;
@@ -248,6 +258,24 @@ impl Drop for Partial {
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// fsync of every file under `dir` (if it exists), then of `dir`.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        } else {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    fsync_dir(dir)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -112,7 +112,7 @@ struct Run {
     vsock_device: Option<crate::vsock::Device>,
     /// The saved state a start from a snapshot loads (taken by the first
     /// Control actor).
-    incoming: Option<std::fs::File>,
+    incoming: Option<crate::backend::SavedState>,
 }
 
 struct Stopping {
@@ -478,8 +478,8 @@ impl VmState {
         let incoming = self.snapshot_incoming().await?;
         let spec = self.materialize_disks(lease.as_ref()).await?;
         let mut plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
-        if incoming.is_some() {
-            self.backend.incoming(&spec, &mut plan)?;
+        if let Some(i) = &incoming {
+            self.backend.incoming(&spec, &i.source, &mut plan)?;
         }
         self.make_run_dir()?;
         crash_point!("start.after-dir");
@@ -565,7 +565,7 @@ impl VmState {
         run.ready_from = ready_from;
         run.probe_target = probe_target;
         let restored = incoming.map(|i| {
-            run.incoming = Some(i.memory);
+            run.incoming = Some(i.state);
             i.ready
         });
         self.run = Some(run);

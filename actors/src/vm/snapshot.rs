@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::VmState;
 use crate::vm::phase::VmPhase;
 use crate::vm::VmMessage;
+use crate::backend::SavedState;
 use crate::control::{ControlCommand, ControlMessage, STATE_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::events::EventKind;
@@ -24,7 +25,9 @@ const COPIED: &[&str] = &[crate::disks::OVERLAY, crate::disks::DATA_DISK];
 
 /// What a start from a snapshot needs once the process runs.
 pub(super) struct Incoming {
-    pub memory: std::fs::File,
+    pub state: SavedState,
+    /// The VM the snapshot was taken of.
+    pub source: String,
     /// The snapshot was of a ready guest: the VM is ready once it runs.
     pub ready: bool,
 }
@@ -68,7 +71,7 @@ impl VmState {
         }
         let snapshots = Snapshots::new(&self.deps.state_dir);
         let partial = snapshots.begin(&snapshot)?;
-        let memory = partial.memory_file()?;
+        let memory = SavedState { memory: partial.memory_file()?, dir: partial.hypervisor_dir()? };
         let was_running = self.phase == VmPhase::Running;
         if was_running {
             // A daemon killed before the resume resumes the VM at its next start.
@@ -166,6 +169,7 @@ impl VmState {
         let dir = snapshots.dir(&name);
         let vm_dir = crate::disks::vm_dir(&self.deps.state_dir, &self.name);
         let disks = info.disks.clone();
+        let hypervisor_dir = dir.join(crate::snapshot::HYPERVISOR_DIR);
         let memory = tokio::task::spawn_blocking(move || -> std::result::Result<std::fs::File, SnapshotError> {
             let io = |context: String| {
                 let name = name.clone();
@@ -181,7 +185,7 @@ impl VmState {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("restore worker: {e}")))??;
-        Ok(Some(Incoming { memory, ready: info.ready }))
+        Ok(Some(Incoming { state: SavedState { memory, dir: hypervisor_dir }, source: info.vm, ready: info.ready }))
     }
 }
 
