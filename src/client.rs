@@ -203,7 +203,14 @@ impl Client {
 
     /// Asks the daemon to exit; with `stop_vms`, every VM is stopped first.
     pub async fn shutdown(&self, stop_vms: bool, graceful_secs: u64) -> Result<serde_json::Value> {
-        self.json(Method::POST, &format!("/v1/shutdown?stop_vms={stop_vms}&timeout_secs={graceful_secs}"), None).await
+        self.shutdown_with(stop_vms, false, graceful_secs).await
+    }
+
+    /// With `suspend_vms`, every running VM is snapshotted and stopped
+    /// first; the next daemon starts each from its snapshot.
+    pub async fn shutdown_with(&self, stop_vms: bool, suspend_vms: bool, graceful_secs: u64) -> Result<serde_json::Value> {
+        let path = format!("/v1/shutdown?stop_vms={stop_vms}&suspend_vms={suspend_vms}&timeout_secs={graceful_secs}");
+        self.json(Method::POST, &path, None).await
     }
 
     /// The console as a byte stream (backlog, then live output if `follow`).

@@ -147,6 +147,15 @@ impl Runtime {
             let resumed = route_to(&registry, &vm, QUICK, |reply| VmMessage::Resume { reply }).await;
             tracing::info!(vm = %vm, ok = resumed.is_ok(), "resumed a VM paused by an interrupted snapshot");
         }
+        // VMs suspended by `shutdown --suspend-vms` start from their
+        // snapshots (the VM actor takes the mark).
+        for vm in snapshots.suspended() {
+            let wait = WaitFor::Running;
+            match route_to(&registry, &vm, start_budget(wait, QUICK), |reply| VmMessage::Start { wait, rollback: false, reply }).await {
+                Ok(_) => tracing::info!(vm = %vm, "resumed from its suspend snapshot"),
+                Err(e) => tracing::warn!(vm = %vm, error = %e, "cannot start a suspended VM"),
+            }
+        }
         // The reaper runs once in recovery, then every minute, with the
         // event retention.
         let bus = events.clone();
@@ -254,6 +263,36 @@ impl Runtime {
 
     pub fn get_snapshot(&self, snapshot: &str) -> Result<SnapshotInfo> {
         Ok(Snapshots::new(&self.config.state_dir).get(snapshot)?)
+    }
+
+    /// Snapshots every running or paused VM (`suspend-NAME`) and stops
+    /// it; the next `Runtime::start` starts each from its snapshot, once.
+    pub async fn suspend_all(&self) -> Vec<(String, Result<SnapshotInfo>)> {
+        let names: Vec<String> =
+            self.list().into_iter().filter(|v| matches!(v.phase, paddock_actors::VmPhase::Running | paddock_actors::VmPhase::Paused)).map(|v| v.name).collect();
+        let snapshots = Snapshots::new(&self.config.state_dir);
+        let suspend = |name: String| {
+            let snapshots = snapshots.clone();
+            async move {
+                let snap = format!("suspend-{name}");
+                // The previous suspension's, used already.
+                let _ = snapshots.remove(&snap, None);
+                let r = self.snapshot(&name, &snap, AfterSnapshot::Stop).await;
+                let r = match r {
+                    Ok(info) => snapshots.mark_suspended(&name, &snap).map(|()| info).map_err(Error::from),
+                    Err(e) => Err(e),
+                };
+                // The snapshot's answer comes as the stop begins: wait for
+                // its end (a stop joins the one in progress).
+                if r.is_ok() {
+                    if let Err(e) = self.stop(&name, Duration::ZERO).await {
+                        tracing::warn!(vm = %name, error = %e, "suspended VM did not stop");
+                    }
+                }
+                (name, r)
+            }
+        };
+        futures::future::join_all(names.into_iter().map(suspend)).await
     }
 
     /// Deletes a snapshot; refused while a VM starts from it.

@@ -176,3 +176,26 @@ async fn a_daemon_killed_mid_snapshot_or_restore_leaves_the_vm_running_and_no_ha
     d.client.restore("s1", Some("clone"), WaitFor::Ready, 60).await.expect("restore after the crash");
     assert_eq!(run_in(&d, "clone", "echo $MARK").await, "kept");
 }
+
+/// `shutdown --suspend-vms` snapshots a running VM and stops it; the next
+/// daemon starts it from that snapshot: the same shell, no second boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_suspend_vms_brings_the_vm_back_where_it_was() {
+    let mut d = Daemon::start();
+    up_ready(&d, "sus").await;
+    assert_eq!(run_in(&d, "sus", "export KEPT=across-the-restart; echo ok").await, "ok");
+    let r = d.client.shutdown_with(false, true, 5).await.expect("shutdown --suspend-vms");
+    assert_eq!(r["suspended"]["sus"]["snapshot"].as_str(), Some("suspend-sus"), "{r}");
+    assert!(d.wait_exit().success(), "the daemon did not exit cleanly");
+    assert!(pids_mentioning("paddock-sus").is_empty(), "the suspended VM still runs");
+
+    d.spawn();
+    let info = d.client.get("sus").await.expect("get");
+    assert_eq!(info.phase, VmPhase::Running, "the suspended VM did not come back: {info:?}\n{}", d.log());
+    assert_eq!(run_in(&d, "sus", "echo $KEPT").await, "across-the-restart");
+    assert_eq!(console_log(&d, "sus").matches(READY_MARKER).count(), 1, "the VM booted again");
+    // Once: a stop and start later boots it cold.
+    d.client.stop("sus", 0).await.expect("stop");
+    d.client.start("sus", WaitFor::Ready, BOOT.as_secs()).await.expect("start");
+    assert_eq!(run_in(&d, "sus", "echo \"[$KEPT]\"").await, "[]");
+}

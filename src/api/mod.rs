@@ -16,7 +16,7 @@
 //! GET    /v1/volumes                            data disks (kept after rm, or in use)
 //! DELETE /v1/volumes/{name}                     delete a kept data disk
 //! GET    /v1/events?since=&follow=              NDJSON
-//! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
+//! POST   /v1/shutdown?stop_vms=&suspend_vms=    exit the daemon (VMs keep running unless stop_vms; suspend_vms snapshots them first)
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
 //! DELETE /v1/images/{sha256}                    refused while a VM uses it
@@ -139,6 +139,16 @@ async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<
 /// unless `stop_vms`, which first runs every VM's shutdown ladder.
 async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<ShutdownQuery>) -> Json<serde_json::Value> {
     let mut stopped = serde_json::Map::new();
+    let mut suspended = serde_json::Map::new();
+    if q.suspend_vms.unwrap_or(false) {
+        for (name, r) in rt.suspend_all().await {
+            let v = match r {
+                Ok(s) => serde_json::json!({ "snapshot": s.name, "bytes": s.bytes }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            suspended.insert(name, v);
+        }
+    }
     if q.stop_vms.unwrap_or(false) {
         let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
         for (name, r) in rt.stop_all(graceful).await {
@@ -150,7 +160,7 @@ async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<Shutdown
         }
     }
     rt.request_exit();
-    Json(serde_json::json!({ "exiting": true, "stopped": stopped }))
+    Json(serde_json::json!({ "exiting": true, "stopped": stopped, "suspended": suspended }))
 }
 
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<RemoveQuery>) -> Result<StatusCode, ApiError> {

@@ -180,6 +180,10 @@ enum Command {
     Shutdown {
         #[arg(long)]
         stop_vms: bool,
+        /// Snapshot every running VM and stop it; the next daemon starts
+        /// each from its snapshot.
+        #[arg(long)]
+        suspend_vms: bool,
         /// With --stop-vms: seconds each guest gets for ACPI.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -339,13 +343,14 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
-        Command::Shutdown { stop_vms, timeout } => async {
-            let r = client.shutdown(stop_vms, timeout).await?;
+        Command::Shutdown { stop_vms, suspend_vms, timeout } => async {
+            let r = client.shutdown_with(stop_vms, suspend_vms, timeout).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 let n = r["stopped"].as_object().map(|m| m.len()).unwrap_or(0);
-                println!("daemon exiting; {n} VM(s) stopped");
+                let s = r["suspended"].as_object().map(|m| m.len()).unwrap_or(0);
+                println!("daemon exiting; {n} VM(s) stopped, {s} suspended");
             }
             Ok(())
         }

@@ -23,6 +23,9 @@ const PARTIAL: &str = ".partial-";
 /// `.resume-<snapshot>` holds the name of a VM that a snapshot paused and
 /// has not resumed yet.
 const RESUME: &str = ".resume-";
+/// `.suspended-<vm>` holds the name of the snapshot a daemon shutdown
+/// (`--suspend-vms`) left of VM `<vm>`; its next start loads it, once.
+const SUSPENDED: &str = ".suspended-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -136,6 +139,33 @@ impl Snapshots {
             }
         }
         vms
+    }
+
+    /// Records that `vm` was suspended into snapshot `name`.
+    pub fn mark_suspended(&self, vm: &str, name: &str) -> Result<(), SnapshotError> {
+        let path = self.root.join(format!("{SUSPENDED}{vm}"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&path)?;
+            std::io::Write::write_all(&mut f, name.as_bytes())?;
+            f.sync_all()?;
+            fsync_dir(&self.root)
+        };
+        write().map_err(io(name, format!("cannot write {path:?}")))
+    }
+
+    /// The VMs suspended by the last daemon shutdown.
+    pub fn suspended(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(SUSPENDED)).map(String::from)).collect()
+    }
+
+    /// The snapshot VM `vm` was suspended into, if it was; the mark is
+    /// removed (it is used once).
+    pub fn take_suspended(&self, vm: &str) -> Option<String> {
+        let path = self.root.join(format!("{SUSPENDED}{vm}"));
+        let name = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        Some(name)
     }
 
     pub fn list(&self) -> Vec<SnapshotInfo> {

@@ -566,13 +566,13 @@ impl VmState {
         run.probe_target = probe_target;
         let restored = incoming.map(|i| {
             run.incoming = Some(i.state);
-            i.ready
+            (i.ready, i.snapshot)
         });
         self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
-        if let Some(ready) = restored {
-            self.on_restoring(me, ready).await;
+        if let Some((ready, snapshot)) = restored {
+            self.on_restoring(me, ready, snapshot).await;
         }
         self.post_board();
         Ok(())

@@ -30,6 +30,7 @@ pub(super) struct Incoming {
     pub source: String,
     /// The snapshot was of a ready guest: the VM is ready once it runs.
     pub ready: bool,
+    pub snapshot: String,
 }
 
 impl VmState {
@@ -157,8 +158,10 @@ impl VmState {
     /// means a cold boot (no snapshot, or one that does not fit: said in
     /// an event).
     pub(super) async fn snapshot_incoming(&mut self) -> Result<Option<Incoming>> {
-        let Some(name) = self.spec.boot.snapshot.clone() else { return Ok(None) };
         let snapshots = Snapshots::new(&self.deps.state_dir);
+        // Once after `shutdown --suspend-vms` (its state is the newest), or
+        // `boot.snapshot`.
+        let Some(name) = snapshots.take_suspended(&self.name).or_else(|| self.spec.boot.snapshot.clone()) else { return Ok(None) };
         let info = snapshots.get(&name)?;
         if let Some(reason) = mismatch(&info, &self.spec, &self.backend.version(), &host_cpu()) {
             let message = format!("snapshot {name:?} does not fit: {reason}; booting cold");
@@ -167,6 +170,7 @@ impl VmState {
             return Ok(None);
         }
         let dir = snapshots.dir(&name);
+        let snapshot = name.clone();
         let vm_dir = crate::disks::vm_dir(&self.deps.state_dir, &self.name);
         let disks = info.disks.clone();
         let hypervisor_dir = dir.join(crate::snapshot::HYPERVISOR_DIR);
@@ -185,7 +189,7 @@ impl VmState {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("restore worker: {e}")))??;
-        Ok(Some(Incoming { state: SavedState { memory, dir: hypervisor_dir }, source: info.vm, ready: info.ready }))
+        Ok(Some(Incoming { state: SavedState { memory, dir: hypervisor_dir }, source: info.vm, ready: info.ready, snapshot }))
     }
 }
 
@@ -223,10 +227,8 @@ impl VmState {
     /// The process of a start from a snapshot is up; its state loads as
     /// the control channel connects. A snapshot of a ready guest is ready
     /// as soon as it runs: its console will not print its boot again.
-    pub(super) async fn on_restoring(&mut self, me: &ActorRef<VmMessage>, ready: bool) {
-        if let Some(snapshot) = self.spec.boot.snapshot.clone() {
-            self.deps.events.publish(&self.name, EventKind::Restored { snapshot }, self.generation, None).await;
-        }
+    pub(super) async fn on_restoring(&mut self, me: &ActorRef<VmMessage>, ready: bool, snapshot: String) {
+        self.deps.events.publish(&self.name, EventKind::Restored { snapshot }, self.generation, None).await;
         if ready {
             let _ = me.cast(VmMessage::ConsoleReady);
         }
