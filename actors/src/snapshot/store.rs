@@ -111,14 +111,15 @@ impl Snapshots {
 
     /// Records that `vm` was paused by snapshot `name` and must run again.
     pub fn mark_resume(&self, name: &str, vm: &str) -> Result<(), SnapshotError> {
-        let path = self.root.join(format!("{RESUME}{name}"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&path)?;
-            std::io::Write::write_all(&mut f, vm.as_bytes())?;
-            f.sync_all()?;
-            fsync_dir(&self.root)
-        };
-        write().map_err(io(name, format!("cannot write {path:?}")))
+        self.write_mark(&format!("{RESUME}{name}"), vm).map_err(io(name, format!("cannot write {RESUME}{name}")))
+    }
+
+    /// A small durable file in the snapshot directory.
+    fn write_mark(&self, file: &str, content: &str) -> std::io::Result<()> {
+        let mut f = File::create(self.root.join(file))?;
+        std::io::Write::write_all(&mut f, content.as_bytes())?;
+        f.sync_all()?;
+        fsync_dir(&self.root)
     }
 
     pub fn clear_resume(&self, name: &str) {
@@ -143,14 +144,7 @@ impl Snapshots {
 
     /// Records that `vm` was suspended into snapshot `name`.
     pub fn mark_suspended(&self, vm: &str, name: &str) -> Result<(), SnapshotError> {
-        let path = self.root.join(format!("{SUSPENDED}{vm}"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&path)?;
-            std::io::Write::write_all(&mut f, name.as_bytes())?;
-            f.sync_all()?;
-            fsync_dir(&self.root)
-        };
-        write().map_err(io(name, format!("cannot write {path:?}")))
+        self.write_mark(&format!("{SUSPENDED}{vm}"), name).map_err(io(name, format!("cannot write {SUSPENDED}{vm}")))
     }
 
     /// The VMs suspended by the last daemon shutdown.
