@@ -199,3 +199,34 @@ async fn shutdown_with_suspend_vms_brings_the_vm_back_where_it_was() {
     d.client.start("sus", WaitFor::Ready, BOOT.as_secs()).await.expect("start");
     assert_eq!(run_in(&d, "sus", "echo \"[$KEPT]\"").await, "[]");
 }
+
+/// On TAP leases: a clone gets its own lease (address, TAP, MAC, rules)
+/// beside its source. The guest inside still carries the source's address
+/// (virtio-net's MAC and the guest's configuration are restored state), as
+/// the README says, until it reboots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_on_a_tap_lease_gets_its_own_lease_beside_its_source() {
+    let lab = NetLab::new();
+    let d = Daemon::start_in(&lab.host, &[], &[]);
+    let c = &d.client;
+    let src = c.up(&tap_guest_spec("tsrc", "", &[], &[]), WaitFor::Ready, BOOT.as_secs()).await.expect("up tsrc");
+    c.snapshot("tsrc", Some("tap-snap"), AfterSnapshot::Resume).await.expect("snapshot");
+    let clone = c.restore("tap-snap", Some("tclone"), WaitFor::Ready, 60).await.unwrap_or_else(|e| panic!("restore: {e}\n{}", d.log()));
+    let (a, b) = (src.network.clone().expect("source network"), clone.network.clone().expect("clone network"));
+    assert_ne!(a.address, b.address, "the clone shares its source's lease");
+    assert_ne!(a.tap, b.tap);
+    assert_ne!(a.mac, b.mac);
+    assert_eq!(lab.taps().len(), 2, "{:?}", lab.taps());
+    let table = lab.table();
+    for ip in [lease_ip(&src), lease_ip(&clone)] {
+        assert!(table.contains(&ip), "no rules for {ip}:\n{table}");
+    }
+    // Both guests run, each its own shell; the clone's still has the
+    // source's address inside.
+    let src_ip = lease_ip(&src);
+    assert!(run_in(&d, "tsrc", "ip -4 -o addr show | grep -c 'inet '").await.parse::<u32>().unwrap_or(0) >= 1);
+    let inside = run_in(&d, "tclone", &format!("ip -4 -o addr show | grep -c ' {src_ip}/'")).await;
+    assert_eq!(inside, "1", "the clone's guest address changed: the README must say how");
+    c.remove("tclone", true).await.expect("rm clone");
+    assert_eq!(lab.taps().len(), 1, "the clone's TAP was left");
+}
