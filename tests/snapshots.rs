@@ -230,3 +230,34 @@ async fn a_clone_on_a_tap_lease_gets_its_own_lease_beside_its_source() {
     c.remove("tclone", true).await.expect("rm clone");
     assert_eq!(lab.taps().len(), 1, "the clone's TAP was left");
 }
+
+fn paddock_cli(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paddock")).arg("--socket").arg(d.client.socket()).args(args).output().expect("run paddock");
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The command line, with a hypervisor that cannot save state (the fake
+/// QEMU answers `migrate-set-parameters` with CommandNotFound): the failed
+/// snapshot is a conflict naming the reason, the VM runs on, nothing is
+/// left; unknown snapshots are "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_snapshot_commands_and_a_hypervisor_that_cannot_save() {
+    let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[]);
+    d.client.up(&fake_spec(&d, "fk"), WaitFor::Running, 30).await.expect("up");
+    let (code, out) = paddock_cli(&d, &["snapshot", "ls"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    let (code, out) = paddock_cli(&d, &["snapshot", "fk", "--as", "s1"]);
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("snapshot failed") && out.contains("CommandNotFound"), "{out}");
+    wait_running(&d, "fk").await;
+    assert!(d.client.snapshots().await.expect("ls").is_empty());
+    assert!(std::fs::read_dir(d.state_dir().join("snapshots")).expect("dir").next().is_none(), "a failed snapshot left files");
+    let (code, out) = paddock_cli(&d, &["snapshot", "fk", "--as", "Bad/Name"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("as:"), "{out}");
+    assert_eq!(paddock_cli(&d, &["snapshot", "rm", "nope"]).0, 3);
+    assert_eq!(paddock_cli(&d, &["restore", "nope", "--name", "x"]).0, 3);
+    let (code, out) = paddock_cli(&d, &["snapshot"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("snapshot NAME"), "{out}");
+}
