@@ -260,4 +260,15 @@ async fn cli_snapshot_commands_and_a_hypervisor_that_cannot_save() {
     let (code, out) = paddock_cli(&d, &["snapshot"]);
     assert_ne!(code, 0);
     assert!(out.contains("snapshot NAME"), "{out}");
+
+    // A writable disk outside the VM's directory cannot be captured.
+    let disk = d.dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 4096]).expect("disk");
+    let mut spec = fake_spec(&d, "fkd");
+    spec.disks = vec![serde_json::from_value(serde_json::json!({ "path": disk })).expect("disk spec")];
+    d.client.up(&spec, WaitFor::Running, 30).await.expect("up fkd");
+    let err = d.client.snapshot("fkd", Some("s2"), AfterSnapshot::Resume).await.expect_err("writable disk");
+    assert_eq!(err.kind(), Some("conflict"), "{err}");
+    assert!(err.to_string().contains("disks[0]"), "{err}");
+    assert!(d.client.snapshots().await.expect("ls").is_empty());
 }
