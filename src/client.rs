@@ -155,6 +155,31 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/vms/{name}?force={force}&volumes={volumes}"), None).await.map(drop)
     }
 
+    /// Snapshot of VM `name` (named `as_`, else `<name>-<unix seconds>`).
+    pub async fn snapshot(&self, name: &str, as_: Option<&str>, then: crate::AfterSnapshot) -> Result<crate::SnapshotInfo> {
+        let then = match then {
+            crate::AfterSnapshot::Resume => "resume",
+            crate::AfterSnapshot::Stop => "stop",
+        };
+        let named = as_.map(|s| format!("&as={s}")).unwrap_or_default();
+        self.json(Method::POST, &format!("/v1/vms/{name}/snapshot?then={then}{named}"), None).await
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<crate::SnapshotInfo>> {
+        self.json(Method::GET, "/v1/snapshots", None).await
+    }
+
+    pub async fn snapshot_remove(&self, snapshot: &str) -> Result<()> {
+        self.call(Method::DELETE, &format!("/v1/snapshots/{snapshot}"), None).await.map(drop)
+    }
+
+    /// A new VM from `snapshot`, named `name` (else the snapshotted VM's).
+    pub async fn restore(&self, snapshot: &str, name: Option<&str>, wait: WaitFor, timeout_secs: u64) -> Result<VmInfo> {
+        let named = name.map(|n| format!("&name={n}")).unwrap_or_default();
+        let path = format!("/v1/snapshots/{snapshot}/restore?wait={}&timeout_secs={timeout_secs}{named}", wait_str(wait));
+        self.json(Method::POST, &path, None).await
+    }
+
     /// Starts a pull; the body is NDJSON (progress lines, then the image or
     /// an error).
     pub async fn image_pull(&self, url: &str, sha256: &str) -> Result<Incoming> {
@@ -178,7 +203,14 @@ impl Client {
 
     /// Asks the daemon to exit; with `stop_vms`, every VM is stopped first.
     pub async fn shutdown(&self, stop_vms: bool, graceful_secs: u64) -> Result<serde_json::Value> {
-        self.json(Method::POST, &format!("/v1/shutdown?stop_vms={stop_vms}&timeout_secs={graceful_secs}"), None).await
+        self.shutdown_with(stop_vms, false, graceful_secs).await
+    }
+
+    /// With `suspend_vms`, every running VM is snapshotted and stopped
+    /// first; the next daemon starts each from its snapshot.
+    pub async fn shutdown_with(&self, stop_vms: bool, suspend_vms: bool, graceful_secs: u64) -> Result<serde_json::Value> {
+        let path = format!("/v1/shutdown?stop_vms={stop_vms}&suspend_vms={suspend_vms}&timeout_secs={graceful_secs}");
+        self.json(Method::POST, &path, None).await
     }
 
     /// The console as a byte stream (backlog, then live output if `follow`).

@@ -35,6 +35,7 @@ pub use paddock_actors::spec::{
     RestartPolicy, RestartSpec, ServiceDiskSpec, ServiceFile, ServiceTree,
 };
 pub use paddock_actors::volumes::VolumeInfo;
+pub use paddock_actors::snapshot::{AfterSnapshot, SnapshotError, SnapshotInfo};
 pub use paddock_actors::vsock::{VsockError, VsockInfo, VsockStream};
 pub use paddock_images::{DiskFormat, SeedFormat};
 pub use paddock_net::{PortForward, Protocol};

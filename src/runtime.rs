@@ -16,6 +16,7 @@ use paddock_actors::{
     Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
     Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
 };
+use paddock_actors::snapshot::{AfterSnapshot, SnapshotInfo, Snapshots};
 
 /// Where state lives and how hypervisors are reached.
 #[derive(Debug, Clone)]
@@ -138,6 +139,23 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
+        // A snapshot cut short by a crash: its partial files go, and a VM
+        // it had paused runs again.
+        let snapshots = Snapshots::new(&config.state_dir);
+        snapshots.remove_partial();
+        for vm in snapshots.take_resume_marks() {
+            let resumed = route_to(&registry, &vm, QUICK, |reply| VmMessage::Resume { reply }).await;
+            tracing::info!(vm = %vm, ok = resumed.is_ok(), "resumed a VM paused by an interrupted snapshot");
+        }
+        // VMs suspended by `shutdown --suspend-vms` start from their
+        // snapshots (the VM actor takes the mark).
+        for vm in snapshots.suspended() {
+            let wait = WaitFor::Running;
+            match route_to(&registry, &vm, start_budget(wait, QUICK), |reply| VmMessage::Start { wait, rollback: false, reply }).await {
+                Ok(_) => tracing::info!(vm = %vm, "resumed from its suspend snapshot"),
+                Err(e) => tracing::warn!(vm = %vm, error = %e, "cannot start a suspended VM"),
+            }
+        }
         // The reaper runs once in recovery, then every minute, with the
         // event retention.
         let bus = events.clone();
@@ -230,6 +248,73 @@ impl Runtime {
         self.route(name, budget, |reply| VmMessage::Remove { force, volumes, reply }).await
     }
 
+    /// Pauses VM `name`, saves its state and disks as snapshot `snapshot`
+    /// (`STATE_DIR/snapshots/`), then resumes or stops it as `then` says.
+    pub async fn snapshot(&self, name: &str, snapshot: &str, then: AfterSnapshot) -> Result<SnapshotInfo> {
+        paddock_actors::snapshot::validate_name(snapshot)?;
+        let snapshot = snapshot.to_string();
+        let budget = paddock_actors::control::STATE_TIMEOUT + self.config.control_timeout + MARGIN;
+        self.route(name, budget, |reply| VmMessage::Snapshot { snapshot, then, reply }).await
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Snapshots::new(&self.config.state_dir).list()
+    }
+
+    pub fn get_snapshot(&self, snapshot: &str) -> Result<SnapshotInfo> {
+        Ok(Snapshots::new(&self.config.state_dir).get(snapshot)?)
+    }
+
+    /// Snapshots every running or paused VM (`suspend-NAME`) and stops
+    /// it; the next `Runtime::start` starts each from its snapshot, once.
+    pub async fn suspend_all(&self) -> Vec<(String, Result<SnapshotInfo>)> {
+        let names: Vec<String> =
+            self.list().into_iter().filter(|v| matches!(v.phase, paddock_actors::VmPhase::Running | paddock_actors::VmPhase::Paused)).map(|v| v.name).collect();
+        let snapshots = Snapshots::new(&self.config.state_dir);
+        let suspend = |name: String| {
+            let snapshots = snapshots.clone();
+            async move {
+                let snap = format!("suspend-{name}");
+                // The previous suspension's, used already.
+                let _ = snapshots.remove(&snap, None);
+                let r = self.snapshot(&name, &snap, AfterSnapshot::Stop).await;
+                let r = match r {
+                    Ok(info) => snapshots.mark_suspended(&name, &snap).map(|()| info).map_err(Error::from),
+                    Err(e) => Err(e),
+                };
+                // The snapshot's answer comes as the stop begins: wait for
+                // its end (a stop joins the one in progress).
+                if r.is_ok() {
+                    if let Err(e) = self.stop(&name, Duration::ZERO).await {
+                        tracing::warn!(vm = %name, error = %e, "suspended VM did not stop");
+                    }
+                }
+                (name, r)
+            }
+        };
+        futures::future::join_all(names.into_iter().map(suspend)).await
+    }
+
+    /// Deletes a snapshot; refused while a VM starts from it.
+    pub async fn remove_snapshot(&self, snapshot: &str) -> Result<()> {
+        let user = self.list().into_iter().find(|v| v.spec.boot.snapshot.as_deref() == Some(snapshot)).map(|v| v.name);
+        let info = Snapshots::new(&self.config.state_dir).remove(snapshot, user.as_deref())?;
+        let message = format!("snapshot {snapshot:?} removed");
+        self.events.publish(&info.vm, paddock_actors::EventKind::Note, 0, Some(message)).await;
+        Ok(())
+    }
+
+    /// A new VM `name` (default: the snapshotted VM's name) started from
+    /// snapshot `snapshot`: the snapshot's spec under the new name, with
+    /// `boot.snapshot` set, supervised like any other VM.
+    pub async fn restore(&self, snapshot: &str, name: Option<&str>, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        let info = self.get_snapshot(snapshot)?;
+        let mut spec = info.spec;
+        spec.name = name.map(String::from).unwrap_or(info.vm);
+        spec.boot.snapshot = Some(snapshot.to_string());
+        self.up(spec, wait, timeout).await
+    }
+
     /// The image cache (`STATE_DIR/images`).
     pub fn images(&self) -> &Arc<paddock_images::ImageCache> {
         &self.images
@@ -319,12 +404,19 @@ impl Runtime {
         timeout: Duration,
         make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
     ) -> Result<T> {
-        let (tx, rx) = ractor::concurrency::oneshot();
-        self.registry
-            .cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) })
-            .map_err(|_| gone())?;
-        await_reply(rx, timeout, name).await
+        route_to(&self.registry, name, timeout, make).await
     }
+}
+
+async fn route_to<T: Send + 'static>(
+    registry: &ActorRef<RegistryMessage>,
+    name: &str,
+    timeout: Duration,
+    make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+) -> Result<T> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    registry.cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) }).map_err(|_| gone())?;
+    await_reply(rx, timeout, name).await
 }
 
 fn gone() -> Error {

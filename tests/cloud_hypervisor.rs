@@ -924,3 +924,81 @@ async fn a_stale_api_socket_is_replaced_and_a_live_one_refused() {
         assert!(!sock.exists(), "{which}: a clean exit removes the socket");
     }
 }
+
+/// `vm.snapshot` of a paused VM into the snapshot's directory and
+/// `vm.restore` into a VMM started without a VM, then `vm.resume`; a
+/// restore under another name is refused (CH's saved config names the
+/// source's files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_restore_through_the_ch_api() {
+    let ch = Ch::start("snapshot_and_restore", "");
+    let c = &ch.d.client;
+    let since = last_seq(c).await;
+    let first = c.up(&ch.spec("snap"), ch.boot_wait(), BOOT).await.expect("up").pid;
+    if ch.real && !hardware_virtualisation() {
+        return real_ch_without_kvm_answers_snapshot_and_restore(&ch).await;
+    }
+    let snap = c.snapshot("snap", Some("ch-snap"), paddock::AfterSnapshot::Stop).await.unwrap_or_else(|e| panic!("snapshot: {e}\n{}", ch.d.log()));
+    assert_eq!(snap.spec.backend, paddock::spec::BackendKind::CloudHypervisor);
+    let files = ch.d.state_dir().join("snapshots/ch-snap/hypervisor");
+    assert!(files.join("config.json").exists(), "CH wrote no config.json into {files:?}");
+    let stopped = wait_event(c, since, Duration::from_secs(30), |e| is_phase(e, "snap", |p| matches!(p, VmPhase::Stopped { .. }))).await;
+    println!("after the snapshot: {stopped:?}");
+
+    let err = c.restore("ch-snap", Some("other"), WaitFor::Running, BOOT).await.expect_err("restore under another name");
+    assert!(err.to_string().contains("only under the name"), "{err}");
+    assert!(c.get("other").await.is_err(), "a refused restore left a VM");
+
+    c.remove("snap", true).await.expect("rm");
+    let info = c.restore("ch-snap", None, WaitFor::Running, BOOT).await.unwrap_or_else(|e| panic!("restore: {e}\n{}", ch.d.log()));
+    assert_eq!(info.phase, VmPhase::Running);
+    assert_ne!(info.pid, first);
+    assert_eq!(ch.api("snap").info().await.expect("vm.info").expect("restored").state, VmState::Running, "CH runs the restored VM");
+    wait_event(c, since, Duration::from_secs(10), |e| e.vm == "snap" && matches!(&e.kind, EventKind::Restored { snapshot } if snapshot == "ch-snap")).await;
+    if !ch.real {
+        let calls: Vec<String> = ch.requests().into_iter().filter(|l| l.contains("snapshot") || l.contains("restore")).collect();
+        assert_eq!(calls, ["PUT vm.snapshot 204", "PUT vm.restore 204"]);
+    }
+    ch.assert_no_violation();
+    c.remove("snap", true).await.expect("rm restored");
+    c.snapshot_remove("ch-snap").await.expect("snapshot rm");
+}
+
+/// Without hardware virtualisation the real CH cannot read its vCPUs'
+/// state: its `vm.snapshot` answer is CH's own error (the body was
+/// accepted), the VM runs on, no snapshot is left; `vm.restore` of a
+/// snapshot directory holding only CH's config reaches CH too, and the
+/// failed start leaves nothing.
+async fn real_ch_without_kvm_answers_snapshot_and_restore(ch: &Ch) {
+    let c = &ch.d.client;
+    let err = c.snapshot("snap", Some("ch-snap"), paddock::AfterSnapshot::Stop).await.expect_err("CH cannot snapshot here");
+    assert!(err.to_string().contains("vm.snapshot failed: 500") && err.to_string().contains("Cannot snapshot VM"), "{err}");
+    assert_eq!(ch.api("snap").info().await.expect("vm.info").expect("created").state, VmState::Running, "a failed snapshot resumes the VM");
+    assert!(c.snapshots().await.expect("ls").is_empty());
+    assert!(std::fs::read_dir(ch.d.state_dir().join("snapshots")).expect("dir").next().is_none(), "a failed snapshot left files");
+
+    // A snapshot directory by hand: the VM's spec and CH's config.
+    let info = c.get("snap").await.expect("get");
+    let config = ch.api("snap").info().await.expect("vm.info").expect("created").config;
+    let dir = ch.d.state_dir().join("snapshots/ch-snap");
+    std::fs::create_dir_all(dir.join("hypervisor")).expect("mkdir");
+    std::fs::write(dir.join("hypervisor/config.json"), serde_json::to_vec(&config).expect("config")).expect("config.json");
+    std::fs::write(dir.join("memory"), b"").expect("memory");
+    let meta = paddock::SnapshotInfo {
+        name: "ch-snap".into(),
+        vm: "snap".into(),
+        spec: info.spec,
+        bytes: 0,
+        created_ms: 0,
+        ready: false,
+        hypervisor: String::new(),
+        cpu: paddock_actors::snapshot::host_cpu(),
+        disks: vec![],
+    };
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).expect("meta")).expect("meta.json");
+    c.remove("snap", true).await.expect("rm");
+    let err = c.restore("ch-snap", None, WaitFor::Running, BOOT).await.expect_err("no vCPU state to restore");
+    assert!(err.to_string().contains("vm.restore failed"), "{err}");
+    assert!(c.get("snap").await.is_err(), "a failed restore left its VM");
+    assert!(ch.d.hypervisor_pids().is_empty(), "a failed restore left CH running");
+}

@@ -125,7 +125,41 @@ async fn debian_guest_on_user_networking() {
     let ssh = Ssh { key, host: "127.0.0.1".into(), port, netns: None };
     let instance_id = check_first_boot(&ssh, name).await;
     stop_start_and_check(c, &d, &ssh, name, &instance_id).await;
+    restore_a_clone_and_check(c, &ssh, &spec).await;
     c.remove_with(name, true, true).await.expect("rm");
+}
+
+/// A snapshot of the running guest restores as a second VM, reachable
+/// over SSH at its own address (its own forwarded port) at once, with the
+/// source's disks as they were; the source runs on beside it.
+async fn restore_a_clone_and_check(c: &Client, ssh: &Ssh, spec: &paddock::VmSpec) {
+    ssh.ok("echo from-before-the-snapshot | sudo tee /srv/data/snap >/dev/null && sync").await;
+    let snap = c.snapshot(&spec.name, Some("deb-booted"), paddock::AfterSnapshot::Resume).await.expect("snapshot the Debian guest");
+    println!("{}: snapshot of {} MiB", spec.name, snap.bytes >> 20);
+    let port = free_port();
+    let mut clone = spec.clone();
+    clone.name = "deb-clone".into();
+    clone.network.forwards = vec![paddock_net::PortForward { host: port, guest: 22, protocol: paddock_net::Protocol::Tcp }];
+    clone.boot.snapshot = Some("deb-booted".into());
+    let t = Instant::now();
+    let info = c.up(&clone, WaitFor::Ready, BOOT_SECS).await.expect("restore the Debian guest");
+    let clone_ssh = Ssh { key: ssh.key.clone(), host: "127.0.0.1".into(), port, netns: None };
+    // Once ready, SSH answers within a few tries (no boot in between).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while clone_ssh.run("true").await.0 != 0 {
+        assert!(Instant::now() < deadline, "the restored guest does not answer SSH on port {port}");
+    }
+    println!("deb-clone: restored, ready and reachable over SSH in {:.1} s", t.elapsed().as_secs_f64());
+    assert_ne!(info.pid, c.get(&spec.name).await.expect("source").pid);
+    assert_eq!(clone_ssh.ok("cat /srv/data/snap /etc/paddock-typed").await, "from-before-the-snapshot\ntyped");
+    // Its uptime is the source's: it did not boot.
+    let up: f64 = clone_ssh.ok("cut -d' ' -f1 /proc/uptime").await.parse().expect("uptime");
+    assert!(up > t.elapsed().as_secs_f64(), "the clone booted ({up} s of uptime)");
+    // The two are separate machines from here on.
+    clone_ssh.ok("echo clone-only | sudo tee /srv/data/snap >/dev/null").await;
+    assert_eq!(ssh.ok("cat /srv/data/snap").await, "from-before-the-snapshot");
+    c.remove_with("deb-clone", true, true).await.expect("rm clone");
+    c.snapshot_remove("deb-booted").await.expect("snapshot rm");
 }
 
 /// A guest reboot resets readiness (an event says so) and the new boot's

@@ -259,6 +259,17 @@ pub enum ControlError {
     Closed,
     #[error("control socket i/o")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Where a VM's saved state goes: QEMU streams it into `memory` (a file
+/// handed over as a descriptor); Cloud Hypervisor writes a directory of
+/// its own files under `dir`.
+#[derive(Debug)]
+pub struct SavedState {
+    pub memory: std::fs::File,
+    pub dir: PathBuf,
 }
 
 /// An open control connection. Every call has a deadline.
@@ -273,6 +284,16 @@ pub trait ControlChannel: Send {
     async fn resume(&mut self) -> Result<(), ControlError>;
     /// The event stream; taken once by the Control actor.
     fn take_events(&mut self) -> Option<mpsc::Receiver<ControlEvent>>;
+    /// Pauses the guest and writes its whole state (a snapshot); the guest
+    /// stays paused. `timeout` bounds the whole save.
+    async fn save_state(&mut self, _state: &SavedState, _timeout: std::time::Duration) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported("this backend cannot save a VM's state".into()))
+    }
+    /// Loads a state written by `save_state` into a process started with
+    /// the backend's `incoming` arguments and runs the guest.
+    async fn load_state(&mut self, _state: &SavedState, _timeout: std::time::Duration) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported("this backend cannot restore a VM's state".into()))
+    }
 }
 
 #[async_trait]
@@ -296,6 +317,17 @@ pub trait Backend: Send + Sync + 'static {
     /// log says it failed although the exit status looks clean.
     fn exit_fault(&self, _paths: &RunPaths, _exit: &crate::vm::phase::ExitInfo) -> Option<String> {
         None
+    }
+    /// Turns a plan into one whose process waits for a saved state
+    /// (`load_state`) instead of booting.
+    /// `source` is the name of the VM the snapshot was taken of.
+    fn incoming(&self, spec: &VmSpec, _source: &str, _plan: &mut LaunchPlan) -> Result<(), Error> {
+        Err(Error::Conflict { name: spec.name.clone(), message: format!("the {} backend cannot start from a snapshot", self.kind().as_str()) })
+    }
+    /// The hypervisor's version string; a snapshot restores only into the
+    /// same version.
+    fn version(&self) -> String {
+        String::new()
     }
 }
 

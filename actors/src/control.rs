@@ -8,7 +8,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
-use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan};
+use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan, SavedState};
 use crate::vm::VmMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,13 @@ pub enum ControlMessage {
     Connected(Result<Box<dyn ControlChannel>, ControlError>),
     /// Valid once the VM actor has received `ControlUp`.
     Command(ControlCommand, RpcReplyPort<Result<Option<GuestStatus>, String>>),
+    /// Pause the guest and save its whole state into the file (a
+    /// snapshot); the guest stays paused.
+    SaveState(SavedState, RpcReplyPort<Result<(), String>>),
 }
+
+/// The longest a save or load of a VM's state may take.
+pub const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct ControlActor;
 
@@ -34,6 +40,9 @@ pub struct ControlArgs {
     pub plan: LaunchPlan,
     /// A connection already under way (see `EarlyConnect`).
     pub early: Option<EarlyConnect>,
+    /// A saved state to load (a start from a snapshot) before the channel
+    /// reports itself up.
+    pub incoming: Option<SavedState>,
 }
 
 type Connecting = tokio::task::JoinHandle<Result<Box<dyn ControlChannel>, ControlError>>;
@@ -70,16 +79,22 @@ impl Actor for ControlActor {
     type Arguments = ControlArgs;
 
     async fn pre_start(&self, me: ActorRef<Self::Msg>, args: ControlArgs) -> Result<ControlState, ActorProcessingErr> {
-        let ControlArgs { vm, backend, plan, early } = args;
+        let ControlArgs { vm, backend, plan, early, incoming } = args;
         let early = early.and_then(|mut e| e.0.take());
         tokio::spawn(async move {
             let t0 = std::time::Instant::now();
-            let r = match early {
+            let mut r = match early {
                 Some(task) => task.await.unwrap_or_else(|e| Err(ControlError::Protocol(format!("control connection task: {e}")))),
                 None => backend.connect(&plan).await,
             };
             // From this actor's start to greeting + capabilities answered.
             tracing::debug!(connect_ms = format!("{:.2}", t0.elapsed().as_secs_f64() * 1e3), ok = r.is_ok(), "control channel connected");
+            if let (Ok(ch), Some(state)) = (r.as_mut(), incoming) {
+                crate::crash_point!("restore.before-load");
+                if let Err(e) = ch.load_state(&state, STATE_TIMEOUT).await {
+                    r = Err(e);
+                }
+            }
             let _ = me.cast(ControlMessage::Connected(r));
         });
         Ok(ControlState { vm, channel: None, forwarder: None })
@@ -122,6 +137,13 @@ impl Actor for ControlActor {
                         ControlCommand::Status => ch.status().await.map(Some),
                     }
                     .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            ControlMessage::SaveState(state, reply) => {
+                let r = match st.channel.as_mut() {
+                    None => Err("control channel is not connected".to_string()),
+                    Some(ch) => ch.save_state(&state, STATE_TIMEOUT).await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
             }

@@ -64,6 +64,8 @@ pub enum Error {
     Timeout { what: String, timeout_ms: u64 },
     #[error("the supervisor is shutting down or an actor is gone: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl Error {

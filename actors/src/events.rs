@@ -47,6 +47,13 @@ pub enum EventKind {
     /// An orphan (a paddock process without a record) was stopped.
     OrphanStopped { pid: i32, rung: String },
     Removed,
+    /// A snapshot of the VM was written (`paddock snapshot`).
+    SnapshotTaken { snapshot: String, bytes: u64 },
+    /// The VM started from a snapshot (`boot.snapshot`, `paddock restore`).
+    Restored { snapshot: String },
+    /// `boot.snapshot` does not fit this host or spec: the VM boots cold
+    /// (the message says why).
+    SnapshotSkipped { snapshot: String },
     /// Something worth telling that is not a VM's (e.g. image pull progress).
     Note,
 }

@@ -34,6 +34,7 @@ pub mod qemu;
 pub mod recovery;
 pub mod registry;
 mod ring;
+pub mod snapshot;
 pub mod spec;
 pub mod steps;
 pub mod store;

@@ -395,6 +395,10 @@ pub struct Boot {
     /// The overlay's size; defaults to the image's (never smaller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_gib: Option<u64>,
+    /// Start from this booted snapshot (`paddock snapshot`) instead of
+    /// booting; a snapshot that does not fit the host boots cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl Boot {
@@ -634,6 +638,9 @@ impl VmSpec {
         }
         if let Some(image) = &self.boot.image {
             image_digest(image)?;
+        }
+        if let Some(snap) = &self.boot.snapshot {
+            crate::snapshot::validate_name(snap).map_err(|e| SpecError::new("boot.snapshot", e.to_string()))?;
         }
         if self.boot.overlay_gib.is_some() && self.boot.image.is_none() {
             return Err(SpecError::new("boot.overlay_gib", "an overlay size needs boot.image"));

@@ -26,11 +26,23 @@ impl From<Error> for ApiError {
             Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
             Error::Unavailable(_) | Error::NotRecorded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Error::Control { .. } | Error::Store(_) | Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            Error::Snapshot(s) => snapshot_status(s),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %chain(&e), "request failed");
         }
         ApiError { status, detail: ErrorDetail { kind: kind.into(), message: chain(&e), field } }
+    }
+}
+
+fn snapshot_status(e: &crate::SnapshotError) -> (StatusCode, &'static str, Option<String>) {
+    use crate::SnapshotError as S;
+    match e {
+        S::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_request", Some("snapshot".into())),
+        S::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
+        S::Exists { .. } => (StatusCode::CONFLICT, "conflict", Some("snapshot".into())),
+        S::InUse { .. } | S::Unsupported { .. } => (StatusCode::CONFLICT, "conflict", None),
+        S::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
     }
 }
 

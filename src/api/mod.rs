@@ -16,13 +16,18 @@
 //! GET    /v1/volumes                            data disks (kept after rm, or in use)
 //! DELETE /v1/volumes/{name}                     delete a kept data disk
 //! GET    /v1/events?since=&follow=              NDJSON
-//! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
+//! POST   /v1/shutdown?stop_vms=&suspend_vms=    exit the daemon (VMs keep running unless stop_vms; suspend_vms snapshots them first)
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
 //! DELETE /v1/images/{sha256}                    refused while a VM uses it
+//! POST   /v1/vms/{name}/snapshot?as=&then=      save state + disks (then: resume | stop)
+//! GET    /v1/snapshots                          snapshots
+//! DELETE /v1/snapshots/{snapshot}               refused while a VM starts from it
+//! POST   /v1/snapshots/{snapshot}/restore?name=&wait=&timeout_secs=   a new VM from it
 //! ```
 
 mod console;
+mod snapshots;
 pub mod drain;
 mod upgrade;
 mod vsock;
@@ -76,6 +81,10 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/images", get(images::list).post(images::pull))
         .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
+        .route("/v1/vms/{name}/snapshot", post(snapshots::take))
+        .route("/v1/snapshots", get(snapshots::list))
+        .route("/v1/snapshots/{snapshot}", axum::routing::delete(snapshots::remove))
+        .route("/v1/snapshots/{snapshot}/restore", post(snapshots::restore))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(runtime)
 }
@@ -130,6 +139,16 @@ async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<
 /// unless `stop_vms`, which first runs every VM's shutdown ladder.
 async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<ShutdownQuery>) -> Json<serde_json::Value> {
     let mut stopped = serde_json::Map::new();
+    let mut suspended = serde_json::Map::new();
+    if q.suspend_vms.unwrap_or(false) {
+        for (name, r) in rt.suspend_all().await {
+            let v = match r {
+                Ok(s) => serde_json::json!({ "snapshot": s.name, "bytes": s.bytes }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            suspended.insert(name, v);
+        }
+    }
     if q.stop_vms.unwrap_or(false) {
         let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
         for (name, r) in rt.stop_all(graceful).await {
@@ -141,7 +160,7 @@ async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<Shutdown
         }
     }
     rt.request_exit();
-    Json(serde_json::json!({ "exiting": true, "stopped": stopped }))
+    Json(serde_json::json!({ "exiting": true, "stopped": stopped, "suspended": suspended }))
 }
 
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<RemoveQuery>) -> Result<StatusCode, ApiError> {

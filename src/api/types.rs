@@ -77,6 +77,9 @@ pub struct RemoveQuery {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownQuery {
     pub stop_vms: Option<bool>,
+    /// Snapshot every running VM and stop it; the next daemon starts each
+    /// from its snapshot.
+    pub suspend_vms: Option<bool>,
     pub timeout_secs: Option<u64>,
 }
 

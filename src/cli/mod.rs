@@ -8,6 +8,7 @@
 mod console;
 mod images;
 mod limits;
+mod snapshots;
 mod table;
 mod vsock;
 
@@ -159,6 +160,11 @@ enum Command {
     /// Data disks kept after `rm` (without --volumes).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Save a running VM's state and disks (`snapshot NAME [--as SNAP]`),
+    /// or `snapshot ls`, `snapshot rm SNAP`.
+    Snapshot(snapshots::SnapshotArgs),
+    /// A new VM from a snapshot, supervised like any other.
+    Restore(snapshots::RestoreArgs),
     /// Connect stdin/stdout to a port of the guest's vsock (the VM needs
     /// `vsock = true`).
     Vsock {
@@ -174,6 +180,10 @@ enum Command {
     Shutdown {
         #[arg(long)]
         stop_vms: bool,
+        /// Snapshot every running VM and stop it; the next daemon starts
+        /// each from its snapshot.
+        #[arg(long)]
+        suspend_vms: bool,
         /// With --stop-vms: seconds each guest gets for ACPI.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -322,6 +332,8 @@ async fn run(cli: Cli) -> i32 {
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
         Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
+        Command::Snapshot(args) => snapshots::snapshot(&client, json, args).await,
+        Command::Restore(args) => snapshots::restore(&client, json, args).await,
         Command::Vsock { name, port, linger_ms } => vsock::bridge(&client, &name, port, Duration::from_millis(linger_ms)).await,
         Command::Rm { name, force, volumes } => async {
             client.remove_with(&name, force, volumes).await?;
@@ -331,13 +343,14 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
-        Command::Shutdown { stop_vms, timeout } => async {
-            let r = client.shutdown(stop_vms, timeout).await?;
+        Command::Shutdown { stop_vms, suspend_vms, timeout } => async {
+            let r = client.shutdown_with(stop_vms, suspend_vms, timeout).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 let n = r["stopped"].as_object().map(|m| m.len()).unwrap_or(0);
-                println!("daemon exiting; {n} VM(s) stopped");
+                let s = r["suspended"].as_object().map(|m| m.len()).unwrap_or(0);
+                println!("daemon exiting; {n} VM(s) stopped, {s} suspended");
             }
             Ok(())
         }

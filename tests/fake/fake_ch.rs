@@ -354,6 +354,37 @@ impl Fake {
             }
             ("vm.reboot", None) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &["The VM could not reboot", "VM is not running"]),
             ("vm.reboot", Some(s)) => refused("The VM could not reboot", s, "Running"),
+            // As CH: a snapshot of a paused VM into an existing directory
+            // (its config and state; the fake has no memory to write).
+            ("vm.snapshot", Some(VmState::Paused)) => {
+                let Some(dir) = parsed.get("destination_url").and_then(Value::as_str).and_then(|u| u.strip_prefix("file://")) else {
+                    return api_error(StatusCode::BAD_REQUEST, &["The VM could not be snapshotted", "Invalid destination_url"]);
+                };
+                let config = vm.as_ref().map(|v| v.config.clone()).unwrap_or_default();
+                let written = std::fs::write(Path::new(dir).join("config.json"), config.to_string())
+                    .and_then(|()| std::fs::write(Path::new(dir).join("state.json"), json!({"fake": true}).to_string()));
+                match written {
+                    Ok(()) => ok,
+                    Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &["The VM could not be snapshotted", &e.to_string()]),
+                }
+            }
+            ("vm.snapshot", Some(_)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &["The VM could not be snapshotted", "VM is not paused"]),
+            // A restore makes the VM of the snapshot, paused.
+            ("vm.restore", None) => {
+                let Some(dir) = parsed.get("source_url").and_then(Value::as_str).and_then(|u| u.strip_prefix("file://")) else {
+                    return api_error(StatusCode::BAD_REQUEST, &["The VM could not be restored", "Invalid source_url"]);
+                };
+                let config = std::fs::read(Path::new(dir).join("config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                let Some(config) = config else {
+                    return api_error(StatusCode::INTERNAL_SERVER_ERROR, &["The VM could not be restored", "Cannot read the snapshot's config.json"]);
+                };
+                *vm = Some(Vm { state: VmState::Paused, config, vsock: None });
+                drop(vm);
+                self.vm_event("restoring");
+                self.vm_event("restored");
+                ok
+            }
+            ("vm.restore", Some(_)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &["The VM could not be restored", "VM is already created"]),
             ("vm.delete", _) => {
                 *vm = None;
                 drop(vm);

@@ -22,7 +22,7 @@ use super::events;
 use super::exit;
 use super::stale;
 use crate::accel;
-use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, SavedState, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{Accel, BackendKind, NetworkMode, VmSpec};
 use crate::vm::phase::ExitInfo;
@@ -210,6 +210,23 @@ impl Backend for CloudHypervisorBackend {
         })
     }
 
+    /// CH restores the VM its snapshot describes (config.json names the
+    /// source's disks, serial file and sockets): only under the source's
+    /// own name, so those files are this VM's. The VMM starts without a
+    /// VM; `load_state` restores it.
+    fn incoming(&self, spec: &VmSpec, source: &str, plan: &mut LaunchPlan) -> Result<(), Error> {
+        if spec.name != source {
+            return Err(Error::Conflict {
+                name: spec.name.clone(),
+                message: format!(
+                    "a Cloud Hypervisor snapshot restores only under the name of the VM it was taken of ({source:?}): its saved configuration names that VM's files"
+                ),
+            });
+        }
+        plan.api_config = None;
+        Ok(())
+    }
+
     fn exit_fault(&self, paths: &RunPaths, exit: &ExitInfo) -> Option<String> {
         if !exit.is_clean() {
             return None; // the status already says it failed
@@ -302,6 +319,27 @@ impl ControlChannel for ChControl {
     fn take_events(&mut self) -> Option<mpsc::Receiver<ControlEvent>> {
         self.events.take()
     }
+
+    /// `vm.snapshot` of the paused VM into `state.dir` (CH's own files:
+    /// config.json, state.json, memory ranges).
+    async fn save_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        if self.client.info().await?.map(|i| i.state) == Some(VmState::Running) {
+            self.client.put("vm.pause").await?;
+        }
+        let slow = ApiClient::new(self.client.socket(), timeout);
+        slow.put_json("vm.snapshot", &serde_json::json!({ "destination_url": file_url(&state.dir) })).await
+    }
+
+    /// `vm.restore` into this VMM (started without a VM), then `vm.resume`.
+    async fn load_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        let slow = ApiClient::new(self.client.socket(), timeout);
+        slow.put_json("vm.restore", &serde_json::json!({ "source_url": file_url(&state.dir) })).await?;
+        self.client.put("vm.resume").await
+    }
+}
+
+fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
 }
 
 #[cfg(test)]

@@ -141,6 +141,11 @@ impl ApiClient {
         self.ok(Method::PUT, "vm.create", Some(body)).await.map(drop)
     }
 
+    /// A PUT action with a JSON body (vm.snapshot, vm.restore).
+    pub async fn put_json(&self, endpoint: &str, body: &serde_json::Value) -> Result<(), ControlError> {
+        self.ok(Method::PUT, endpoint, Some(body.to_string().into_bytes())).await.map(drop)
+    }
+
     /// A body-less PUT action: vm.boot, vm.pause, vm.resume, vm.shutdown,
     /// vm.power-button, vmm.shutdown.
     pub async fn put(&self, endpoint: &str) -> Result<(), ControlError> {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::argv::{self, QemuBoot, QemuConfig, QemuNet, QemuVsock};
 use super::qmp::QmpClient;
 use crate::accel;
-use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, SavedState, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
 use crate::vsock;
@@ -26,11 +26,13 @@ pub struct QemuBackend {
     /// The vhost-user vsock device (`vhost-device-vsock`, found on PATH
     /// unless a path is given), used where /dev/vhost-vsock is missing.
     pub vsock_device: PathBuf,
+    /// `--version`, asked once.
+    version: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl QemuBackend {
     pub fn new(binary: PathBuf, control_timeout: Duration) -> Self {
-        QemuBackend { binary, control_timeout, vsock_device: PathBuf::from("vhost-device-vsock") }
+        QemuBackend { binary, control_timeout, vsock_device: PathBuf::from("vhost-device-vsock"), version: Default::default() }
     }
 
     pub fn with_vsock_device(mut self, binary: PathBuf) -> Self {
@@ -144,6 +146,27 @@ impl Backend for QemuBackend {
         let client = QmpClient::connect(&plan.paths.control_socket, self.control_timeout).await?;
         Ok(Box::new(QmpControl { client }))
     }
+
+    fn incoming(&self, _spec: &VmSpec, _source: &str, plan: &mut LaunchPlan) -> Result<(), Error> {
+        // The state arrives later over QMP (`migrate-incoming`).
+        plan.args.extend(["-incoming".into(), "defer".into()]);
+        Ok(())
+    }
+
+    fn version(&self) -> String {
+        self.version.get_or_init(|| qemu_version(&self.binary)).clone()
+    }
+}
+
+/// The first line of `qemu-system-x86_64 --version`.
+fn qemu_version(binary: &std::path::Path) -> String {
+    match std::process::Command::new(binary).arg("--version").stdin(std::process::Stdio::null()).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string(),
+        Err(e) => {
+            tracing::warn!(binary = ?binary, error = %e, "cannot ask QEMU for its version");
+            String::new()
+        }
+    }
 }
 
 struct QmpControl {
@@ -158,6 +181,12 @@ impl ControlChannel for QmpControl {
             Some("running") => GuestStatus::Running,
             Some("paused") | Some("suspended") => GuestStatus::Paused,
             Some("shutdown") => GuestStatus::Shutdown,
+            // Started for a restore whose supervisor died before the state
+            // was sent: it will never run; the start is failed (and an
+            // unacknowledged one rolled back).
+            Some("inmigrate") => {
+                return Err(ControlError::Protocol("the VM still waits for its saved state (a restore was interrupted)".into()));
+            }
             _ => GuestStatus::Other,
         })
     }
@@ -184,5 +213,13 @@ impl ControlChannel for QmpControl {
 
     fn take_events(&mut self) -> Option<mpsc::Receiver<ControlEvent>> {
         self.client.take_events()
+    }
+
+    async fn save_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        super::migrate::save(&mut self.client, &state.memory, timeout).await
+    }
+
+    async fn load_state(&mut self, state: &SavedState, timeout: Duration) -> Result<(), ControlError> {
+        super::migrate::load(&mut self.client, &state.memory, timeout).await
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod argv;
 mod backend;
+pub mod migrate;
 pub mod qmp;
 
 pub use backend::QemuBackend;

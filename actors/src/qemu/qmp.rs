@@ -121,6 +121,49 @@ impl QmpClient {
             }
         }
     }
+    /// Runs one command with `fd` attached (SCM_RIGHTS), as `getfd` and
+    /// `add-fd` expect: QEMU takes the descriptor that arrives with the
+    /// command's bytes.
+    pub async fn execute_with_fd(&mut self, command: &str, arguments: Value, fd: std::os::fd::BorrowedFd<'_>) -> Result<Value, ControlError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = format!("{}\n", json!({ "execute": command, "id": id, "arguments": arguments }));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let fds = [fd.as_raw_fd()];
+        let writer = &mut self.writer;
+        let exchange = async {
+            let stream: &UnixStream = writer.as_ref();
+            let sent = loop {
+                stream.writable().await?;
+                let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                    let iov = [std::io::IoSlice::new(line.as_bytes())];
+                    sendmsg::<()>(stream.as_fd().as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+                        .map_err(std::io::Error::from)
+                });
+                match r {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(ControlError::Io(e)),
+                }
+            };
+            // The descriptor went with the first byte; the rest is plain.
+            writer.write_all(&line.as_bytes()[sent..]).await?;
+            rx.await.map_err(|_| ControlError::Closed)?
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r.map_err(|e| match e {
+                ControlError::Command { class, desc, .. } => ControlError::Command { command: command.to_string(), class, desc },
+                other => other,
+            }),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(timeout_err(&format!("QMP command {command}"), self.timeout))
+            }
+        }
+    }
 }
 
 fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {

@@ -26,6 +26,9 @@ use crate::registry::RegistryMessage;
 use crate::spec::{Accel, OnPanic, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
 
+#[path = "snapshot.rs"]
+mod snapshot;
+
 /// How long an exit waits for the control channel's last events.
 const EXIT_DRAIN: Duration = Duration::from_millis(500);
 /// How long the Quit, SIGTERM and SIGKILL rungs each wait for the exit.
@@ -108,6 +111,9 @@ struct Run {
     /// The vhost-user vsock device process, stopped after the hypervisor.
     vsock_device: Option<crate::vsock::Device>,
     early_control: Option<crate::control::EarlyConnect>,
+    /// The saved state a start from a snapshot loads (taken by the first
+    /// Control actor).
+    incoming: Option<crate::backend::SavedState>,
 }
 
 struct Stopping {
@@ -216,6 +222,8 @@ impl Actor for VmActor {
             }
             VmMessage::Follow { reply } => st.on_follow(reply).await,
             VmMessage::Attach { reply } => st.on_attach(reply),
+            VmMessage::Snapshot { snapshot, then, reply } => st.on_snapshot(&me, snapshot, then, reply),
+            VmMessage::SnapshotDone { result, then, reply } => st.on_snapshot_done(&me, result, then, reply).await,
             VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
             VmMessage::ExitDrained { pid } => {
                 if let Some((p, exit)) = st.pending_exit.filter(|(p, _)| *p == pid) {
@@ -318,6 +326,7 @@ impl Run {
             start_failure: None,
             vsock_device: None,
             early_control: None,
+            incoming: None,
         }
     }
 
@@ -471,9 +480,13 @@ impl VmState {
             _ => None,
         };
         steps.lap("lease");
+        let incoming = self.snapshot_incoming().await?;
         let spec = self.materialize_disks(lease.as_ref()).await?;
         steps.lap("disks");
-        let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
+        let mut plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
+        if let Some(i) = &incoming {
+            self.backend.incoming(&spec, &i.source, &mut plan)?;
+        }
         self.make_run_dir()?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
@@ -563,9 +576,16 @@ impl VmState {
         run.early_control = Some(early_control);
         run.ready_from = ready_from;
         run.probe_target = probe_target;
+        let restored = incoming.map(|i| {
+            run.incoming = Some(i.state);
+            (i.ready, i.snapshot)
+        });
         self.run = Some(run);
         self.spawn_lease(me, lease).await;
         self.spawn_control(me).await;
+        if let Some((ready, snapshot)) = restored {
+            self.on_restoring(me, ready, snapshot).await;
+        }
         self.post_board();
         steps.lap("watchers");
         steps.log(&self.name, "start steps");
@@ -630,7 +650,7 @@ impl VmState {
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
-        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), early: run.early_control.take() };
+        let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), early: run.early_control.take(), incoming: run.incoming.take() };
         match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
             Ok((c, _)) => {
                 run.control = Some(c);
@@ -1401,7 +1421,7 @@ async fn kill_unrecorded(spawned: process::Spawned) {
 
 /// Runs one control command with a deadline; `None` control means the
 /// channel is down, which is an error the ladder escalates past.
-async fn control_call(
+pub(super) async fn control_call(
     control: Option<ActorRef<ControlMessage>>,
     cmd: ControlCommand,
     timeout: Duration,

@@ -10,6 +10,7 @@ use crate::backend::{ControlEvent, GuestStatus};
 use crate::board::VmInfo;
 use crate::console::{ConsoleAttach, ConsoleFollow};
 use crate::error::{Error, Result};
+use crate::snapshot::{AfterSnapshot, SnapshotInfo};
 
 /// When a start request is answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,9 @@ pub enum VmMessage {
     Follow { reply: RpcReplyPort<Result<ConsoleFollow>> },
     /// [running, paused] Interactive console; one writer at a time.
     Attach { reply: RpcReplyPort<Result<ConsoleAttach>> },
+    /// [running, paused] Save the VM's state and disks as snapshot
+    /// `snapshot`, then resume or stop it.
+    Snapshot { snapshot: String, then: AfterSnapshot, reply: RpcReplyPort<Result<SnapshotInfo>> },
 
     // ---- notices from children and timers ----
     ProcessExited { pid: i32, exit: ExitInfo },
@@ -71,6 +75,7 @@ pub enum VmMessage {
     /// The action of `rung` failed; escalate without waiting.
     LadderActionFailed { attempt: u64, rung: Rung, error: String },
     PauseDone { result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>> },
+    SnapshotDone { result: Result<SnapshotInfo>, then: AfterSnapshot, reply: RpcReplyPort<Result<SnapshotInfo>> },
 }
 
 impl VmMessage {
@@ -91,6 +96,9 @@ impl VmMessage {
                 let _ = reply.send(Err(nf()));
             }
             VmMessage::Attach { reply } => {
+                let _ = reply.send(Err(nf()));
+            }
+            VmMessage::Snapshot { reply, .. } => {
                 let _ = reply.send(Err(nf()));
             }
             _ => {}
