@@ -57,6 +57,17 @@ impl Client {
 
     /// `upgrade`: the `Upgrade:` protocol to ask for, if any.
     async fn send_with(&self, method: Method, path: &str, body: Option<Vec<u8>>, upgrade: Option<&str>) -> Result<hyper::Response<Incoming>> {
+        self.send_headers(method, path, body, upgrade, &[]).await
+    }
+
+    async fn send_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        upgrade: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::DaemonNotRunning { socket: self.socket.clone(), source })?;
@@ -72,6 +83,9 @@ impl Client {
         }
         if let Some(protocol) = upgrade {
             req = req.header("connection", "Upgrade").header("upgrade", protocol);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -123,6 +137,41 @@ impl Client {
 
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
         self.json(Method::GET, "/v1/vms", None).await
+    }
+
+    /// The VMs carrying every `key=value` label of `selectors`.
+    pub async fn list_labeled(&self, selectors: &[&str]) -> Result<Vec<VmInfo>> {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for s in selectors {
+            q.append_pair("label", s);
+        }
+        self.json(Method::GET, &format!("/v1/vms?{}", q.finish()), None).await
+    }
+
+    /// `up` with an idempotency key: the VM, and whether this answer is
+    /// the first request's, replayed.
+    pub async fn up_idempotent(&self, spec: &VmSpec, key: &str, wait: WaitFor, timeout_secs: u64) -> Result<(VmInfo, bool)> {
+        let body = serde_json::to_vec(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let path = format!("/v1/vms?wait={}&timeout_secs={timeout_secs}", wait_str(wait));
+        let resp = self.send_headers(Method::POST, &path, Some(body), None, &[(crate::api::IDEMPOTENCY_KEY, key)]).await?;
+        let status = resp.status();
+        let replayed = resp.headers().contains_key(crate::api::IDEMPOTENT_REPLAYED);
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let info = serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport(format!("bad response: {e}")))?;
+        Ok((info, replayed))
+    }
+
+    /// Waits (up to `timeout_secs`) until the VM's current run ends.
+    pub async fn wait_exit(&self, name: &str, timeout_secs: u64) -> Result<crate::run_end::RunEnd> {
+        self.json(Method::GET, &format!("/v1/vms/{name}/wait?until=exit&timeout_secs={timeout_secs}"), None).await
+    }
+
+    /// This host: version, backends, virtualisation, CPUs, memory, VMs.
+    pub async fn host(&self) -> Result<crate::host::HostInfo> {
+        self.json(Method::GET, "/v1/host", None).await
     }
 
     pub async fn get(&self, name: &str) -> Result<VmInfo> {

@@ -16,6 +16,9 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dir_lock;
+pub mod host;
+pub mod idempotency;
+pub mod run_end;
 mod runtime;
 
 pub use paddock_actors::spec;

@@ -13,7 +13,7 @@ use paddock_actors::vm::VmMessage;
 use paddock_actors::volumes::VolumeInfo;
 use paddock_actors::vsock::{VsockError, VsockStream};
 use paddock_actors::{
-    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
+    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, EventKind, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
     Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
 };
 
@@ -81,6 +81,7 @@ pub struct Runtime {
     exit: Arc<tokio::sync::Notify>,
     reaper: tokio::task::JoinHandle<()>,
     images: Arc<paddock_images::ImageCache>,
+    idempotency: crate::idempotency::IdempotencyKeys,
     /// One runtime per state directory and per run directory, for life.
     _locks: [crate::dir_lock::DirLock; 2],
 }
@@ -152,7 +153,19 @@ impl Runtime {
                 bus.prune().await;
             }
         });
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, _locks: locks })
+        Ok(Runtime {
+            registry,
+            registry_task,
+            board,
+            events,
+            config,
+            recovery,
+            exit: Arc::default(),
+            reaper,
+            images,
+            idempotency: Default::default(),
+            _locks: locks,
+        })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -199,6 +212,14 @@ impl Runtime {
         await_reply(rx, start_budget(wait, timeout), "up").await
     }
 
+    /// As `up`, once per `key`: a repeat with the same key and spec
+    /// answers the first result (`replayed`), a different spec is a
+    /// conflict (see `crate::idempotency`).
+    pub async fn up_idempotent(&self, key: &str, spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<crate::idempotency::Created> {
+        crate::idempotency::check_key(key).map_err(|m| Error::InvalidSpec(paddock_actors::SpecError::new("idempotency_key", m)))?;
+        self.idempotency.run(key, spec, |spec| self.up(spec, wait, timeout)).await
+    }
+
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
         self.route(name, start_budget(wait, timeout), |reply| VmMessage::Start { wait, rollback: false, reply }).await
     }
@@ -237,6 +258,72 @@ impl Runtime {
 
     pub fn list(&self) -> Vec<VmInfo> {
         self.board.list()
+    }
+
+    /// The VMs carrying every label of `selectors`.
+    pub fn list_labeled(&self, selectors: &[paddock_actors::labels::Selector]) -> Vec<VmInfo> {
+        self.board.list().into_iter().filter(|v| selectors.iter().all(|s| s.matches(&v.spec.labels))).collect()
+    }
+
+    /// Waits until the VM's current run ends (at once if it is not
+    /// running) and says how: power-off, a ladder rung, a crash with its
+    /// signal or exit code, a failure.
+    pub async fn wait_exit(&self, name: &str, timeout: Duration) -> Result<crate::run_end::RunEnd> {
+        use crate::run_end::RunEnd;
+        // Subscribed before reading the board: an end after the read is
+        // in the stream.
+        let mut live = self.events.subscribe();
+        let now = self.get(name)?;
+        if let Some(end) = RunEnd::from_phase(name, &now.phase, now.generation) {
+            return Ok(end);
+        }
+        let wait = async {
+            loop {
+                match live.recv().await {
+                    Ok(ev) if ev.vm == name => match ev.kind {
+                        EventKind::Phase { phase } => {
+                            if let Some(end) = RunEnd::from_phase(name, &phase, ev.generation) {
+                                return Ok(end);
+                            }
+                        }
+                        EventKind::Removed => return Err(Error::NotFound { name: name.to_string() }),
+                        _ => {}
+                    },
+                    Ok(_) => {}
+                    // Fell behind: the board has the latest phase.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let now = self.get(name)?;
+                        if let Some(end) = RunEnd::from_phase(name, &now.phase, now.generation) {
+                            return Ok(end);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(gone()),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout { what: format!("waiting for VM {name:?} to exit"), timeout_ms: timeout.as_millis() as u64 }))
+    }
+
+    /// This host as a scheduler sees it (`GET /v1/host`).
+    pub async fn host(&self) -> crate::host::HostInfo {
+        use crate::host;
+        let (qemu, ch) = futures::join!(
+            host::backend("qemu", &self.config.qemu_binary),
+            host::backend("cloud-hypervisor", &self.config.cloud_hypervisor_binary)
+        );
+        let accel = paddock_actors::accel::host();
+        let (memory_total_bytes, memory_available_bytes) = host::memory();
+        host::HostInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backends: vec![qemu, ch],
+            hardware_virtualization: host::HardwareVirtualization { usable: accel.kvm_usable, reason: accel.reason.clone() },
+            cpus: host::cpus(),
+            memory_total_bytes,
+            memory_available_bytes,
+            vms: host::vms(&self.list()),
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<VmInfo> {

@@ -82,6 +82,11 @@ pub struct VmSpec {
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
+    /// Free-form `key = "value"` pairs for outside schedulers; listing can
+    /// filter on them (`GET /v1/vms?label=team=x`). See `crate::labels`.
+    #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
+    #[builder(default)]
+    pub labels: crate::labels::Labels,
 }
 
 /// A FAT service disk: the service's files and a launcher script whose
@@ -614,6 +619,7 @@ impl VmSpec {
     /// the backend's `prepare`, which knows which ones it needs.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
+        crate::labels::validate(&self.labels)?;
         if let Some(c) = &self.console_log {
             crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
         }

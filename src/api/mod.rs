@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! GET    /v1/health
-//! GET    /v1/vms                         list
-//! POST   /v1/vms?wait=&timeout_secs=     create and boot (body: spec JSON)
+//! GET    /v1/vms?label=k=v               list (every label selector must match)
+//! POST   /v1/vms?wait=&timeout_secs=     create and boot (body: spec JSON; Idempotency-Key header)
 //! GET    /v1/vms/{name}
 //! DELETE /v1/vms/{name}?force=
 //! POST   /v1/vms/{name}/start?wait=&timeout_secs=
 //! POST   /v1/vms/{name}/stop?timeout_secs=      graceful (ACPI) budget
 //! POST   /v1/vms/{name}/pause | /resume
+//! GET    /v1/vms/{name}/wait?until=exit&timeout_secs=   how the current run ended
+//! GET    /v1/host                               version, backends, virtualisation, CPUs, memory, VMs
 //! GET    /v1/vms/{name}/console?follow=         raw bytes
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
 //! GET    /v1/vms/{name}/vsock/{port}            HTTP upgrade (paddock-vsock), raw duplex to a guest vsock port
@@ -23,6 +25,7 @@
 //! ```
 
 mod console;
+mod scheduler;
 pub mod drain;
 mod upgrade;
 mod vsock;
@@ -61,12 +64,14 @@ pub fn router_with_drain(runtime: Arc<Runtime>, drain: drain::Drain) -> Router {
 fn routes(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms", get(scheduler::list).post(create))
         .route("/v1/vms/{name}", get(inspect).delete(remove))
         .route("/v1/vms/{name}/start", post(start))
         .route("/v1/vms/{name}/stop", post(stop))
         .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
+        .route("/v1/vms/{name}/wait", get(scheduler::wait))
+        .route("/v1/host", get(scheduler::host))
         .route("/v1/vms/{name}/console", get(console::follow))
         .route("/v1/vms/{name}/console/attach", get(console::attach))
         .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
@@ -84,10 +89,6 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn list(State(rt): State<AppState>) -> Json<Vec<VmInfo>> {
-    Json(rt.list())
-}
-
 async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.get(&name)?))
 }
@@ -100,13 +101,37 @@ async fn create(
     State(rt): State<AppState>,
     ValidQuery(q): ValidQuery<StartQuery>,
     timeout: Option<axum::Extension<server::BodyReadTimeout>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<VmInfo>), ApiError> {
+    let key = idempotency_key(&headers)?;
     let deadline = timeout.map(|t| t.0 .0).unwrap_or(server::ApiLimits::default().body_read_timeout);
     let body: Bytes = server::read_body(body, deadline).await?;
     let spec: VmSpec = types::parse_spec(&body)?;
-    let info = rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    let mut out = axum::http::HeaderMap::new();
+    let info = match key {
+        None => rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?,
+        Some(key) => {
+            let created = rt.up_idempotent(&key, spec, q.wait.unwrap_or_default(), q.timeout()).await?;
+            if created.replayed {
+                out.insert(IDEMPOTENT_REPLAYED, axum::http::HeaderValue::from_static("true"));
+            }
+            created.info
+        }
+    };
+    Ok((StatusCode::CREATED, out, Json(info)))
+}
+
+/// The request header carrying a create's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer replayed for a repeated key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::invalid_request(IDEMPOTENCY_KEY, "the Idempotency-Key header must be printable ASCII"))?;
+    crate::idempotency::check_key(key).map_err(|m| ApiError::invalid_request(IDEMPOTENCY_KEY, m))?;
+    Ok(Some(key.to_string()))
 }
 
 async fn start(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
