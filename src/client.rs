@@ -169,6 +169,21 @@ impl Client {
         self.json(Method::GET, &format!("/v1/vms/{name}/wait?until=exit&timeout_secs={timeout_secs}"), None).await
     }
 
+    /// Per-VM figures (all VMs, or `name`).
+    pub async fn stats(&self, name: Option<&str>) -> Result<Vec<crate::metrics::figures::VmFigures>> {
+        let path = match name {
+            Some(n) => format!("/v1/stats?name={}", form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()),
+            None => "/v1/stats".to_string(),
+        };
+        self.json(Method::GET, &path, None).await
+    }
+
+    /// The Prometheus text exposition.
+    pub async fn metrics(&self) -> Result<String> {
+        let bytes = self.call(Method::GET, "/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// This host: version, backends, virtualisation, CPUs, memory, VMs.
     pub async fn host(&self) -> Result<crate::host::HostInfo> {
         self.json(Method::GET, "/v1/host", None).await

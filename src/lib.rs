@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod dir_lock;
 pub mod host;
 pub mod idempotency;
+pub mod metrics;
 pub mod run_end;
 mod runtime;
 

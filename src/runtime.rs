@@ -82,6 +82,9 @@ pub struct Runtime {
     reaper: tokio::task::JoinHandle<()>,
     images: Arc<paddock_images::ImageCache>,
     idempotency: crate::idempotency::IdempotencyKeys,
+    metrics: crate::metrics::Metrics,
+    /// Drains the event stream into the metrics between scrapes.
+    metrics_task: tokio::task::JoinHandle<()>,
     /// One runtime per state directory and per run directory, for life.
     _locks: [crate::dir_lock::DirLock; 2],
 }
@@ -98,6 +101,7 @@ impl Runtime {
         let locks = [lock(&config.state_dir)?, lock(&config.run_dir)?];
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let recovery_began = std::time::Instant::now();
         let records = store.load_vms().await?;
         let instance = store.instance_id().await?;
         let events = EventBus::with_retention(store.clone(), config.bounds.events);
@@ -114,6 +118,18 @@ impl Runtime {
             Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout).with_vsock_device(config.vsock_device_binary.clone()));
         let cloud_hypervisor: Arc<dyn paddock_actors::Backend> =
             Arc::new(CloudHypervisorBackend::new(config.cloud_hypervisor_binary.clone(), config.control_timeout));
+        // Subscribed before the registry starts: recovery's events count.
+        let metrics = crate::metrics::Metrics::new(events.subscribe());
+        let metrics_task = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::metrics::DRAIN_EVERY);
+                loop {
+                    tick.tick().await;
+                    metrics.drain();
+                }
+            })
+        };
         let args = RegistryArgs {
             store,
             events: events.clone(),
@@ -139,6 +155,7 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
+        metrics.set_adoption(recovery_began.elapsed());
         // The reaper runs once in recovery, then every minute, with the
         // event retention.
         let bus = events.clone();
@@ -164,6 +181,8 @@ impl Runtime {
             reaper,
             images,
             idempotency: Default::default(),
+            metrics,
+            metrics_task,
             _locks: locks,
         })
     }
@@ -306,6 +325,26 @@ impl Runtime {
             .unwrap_or_else(|_| Err(Error::Timeout { what: format!("waiting for VM {name:?} to exit"), timeout_ms: timeout.as_millis() as u64 }))
     }
 
+    /// The counters kept between scrapes (the API records its requests).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn metrics_text(&self) -> std::result::Result<String, std::fmt::Error> {
+        let vms = self.list();
+        self.metrics.encode(&crate::metrics::Snapshot { vms: &vms, events_written: self.events.written() })
+    }
+
+    /// What each VM uses now (`paddock stats`), optionally one VM.
+    pub fn stats(&self, name: Option<&str>) -> Result<Vec<crate::metrics::figures::VmFigures>> {
+        let vms = match name {
+            Some(n) => vec![self.get(n)?],
+            None => self.list(),
+        };
+        Ok(vms.iter().map(crate::metrics::figures::of).collect())
+    }
+
     /// This host as a scheduler sees it (`GET /v1/host`).
     pub async fn host(&self) -> crate::host::HostInfo {
         use crate::host;
@@ -396,6 +435,7 @@ impl Runtime {
     /// in their own sessions and are re-adopted by the next start.
     pub async fn shutdown(self) {
         self.reaper.abort();
+        self.metrics_task.abort();
         self.registry.stop(None);
         let _ = self.registry_task.await;
     }

@@ -95,6 +95,11 @@ impl EventBus {
         &self.store
     }
 
+    /// Events published since this bus was made (for the metrics).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
     /// Persists, then broadcasts. A failed write is logged and the event is
     /// still broadcast (with seq 0): live observers matter more than a gap
     /// in the history.

@@ -11,6 +11,8 @@
 //! POST   /v1/vms/{name}/stop?timeout_secs=      graceful (ACPI) budget
 //! POST   /v1/vms/{name}/pause | /resume
 //! GET    /v1/vms/{name}/wait?until=exit&timeout_secs=   how the current run ended
+//! GET    /v1/stats?name=                        per-VM figures (CPU, memory, I/O, network) as JSON
+//! GET    /metrics                               Prometheus text format
 //! GET    /v1/host                               version, backends, virtualisation, CPUs, memory, VMs
 //! GET    /v1/vms/{name}/console?follow=         raw bytes
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
@@ -25,6 +27,7 @@
 //! ```
 
 mod console;
+pub mod metrics;
 mod scheduler;
 pub mod drain;
 mod upgrade;
@@ -72,6 +75,8 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/wait", get(scheduler::wait))
         .route("/v1/host", get(scheduler::host))
+        .route("/v1/stats", get(metrics::stats))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/vms/{name}/console", get(console::follow))
         .route("/v1/vms/{name}/console/attach", get(console::attach))
         .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
@@ -82,6 +87,7 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/images", get(images::list).post(images::pull))
         .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
         .layer(axum::middleware::map_response(error::json_errors))
+        .route_layer(axum::middleware::from_fn_with_state(runtime.clone(), metrics::timed))
         .with_state(runtime)
 }
 

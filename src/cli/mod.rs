@@ -8,6 +8,7 @@
 mod console;
 mod images;
 mod limits;
+mod stats;
 mod table;
 mod vsock;
 
@@ -113,6 +114,20 @@ enum Command {
     },
     /// List VMs.
     Ps,
+    /// What each VM uses: CPU time, memory, disk and network I/O.
+    Stats {
+        /// One VM only.
+        name: Option<String>,
+    },
+    /// The stats table, refreshed, with CPU use between refreshes.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+    },
     /// Show one VM in full.
     Inspect { name: String },
     /// Print the serial console log.
@@ -284,6 +299,8 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
+        Command::Stats { name } => stats::stats(&client, json, name.as_deref()).await,
+        Command::Top { interval, iterations } => stats::top(&client, Duration::from_secs(interval.max(1)), iterations).await,
         Command::Inspect { name } => async {
             let info = client.get(&name).await?;
             println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
