@@ -6,6 +6,7 @@
 //! 7 the VM failed to start.
 
 mod console;
+mod docs;
 mod images;
 mod limits;
 mod stats;
@@ -193,6 +194,11 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Print a shell completion script (e.g. `paddock completions bash >
+    /// /etc/bash_completion.d/paddock`).
+    Completions { shell: docs::Shell },
+    /// Write the man pages (paddock.1, paddock-SUBCOMMAND.1) into DIR.
+    Manpages { dir: PathBuf },
     /// Follow the event stream (NDJSON with --json).
     Events {
         #[arg(long, default_value_t = 0)]
@@ -299,6 +305,15 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
+        Command::Completions { shell } => {
+            docs::completions(shell);
+            Ok(())
+        }
+        Command::Manpages { dir } => docs::manpages(&dir).map(|pages| {
+            if !json {
+                println!("{} man pages written to {}", pages.len(), dir.display());
+            }
+        }),
         Command::Stats { name } => stats::stats(&client, json, name.as_deref()).await,
         Command::Top { interval, iterations } => stats::top(&client, Duration::from_secs(interval.max(1)), iterations).await,
         Command::Inspect { name } => async {
