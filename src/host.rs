@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::VmInfo;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostInfo {
     /// Paddock's version.
     pub version: String,
@@ -21,7 +21,7 @@ pub struct HostInfo {
     pub vms: HostVms,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendInfo {
     /// `qemu` or `cloud-hypervisor`.
     pub name: String,
@@ -34,14 +34,14 @@ pub struct BackendInfo {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HardwareVirtualization {
     pub usable: bool,
     /// Why it is (or is not) usable, in words.
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostVms {
     pub total: usize,
     /// VMs with a hypervisor process (starting, running, paused, stopping).

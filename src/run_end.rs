@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ExitInfo, Rung, VmPhase};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndCause {
     /// The guest powered itself off.
@@ -22,7 +22,7 @@ pub enum EndCause {
     NeverStarted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunEnd {
     pub name: String,
     pub cause: EndCause,

@@ -10,7 +10,7 @@ use crate::bounds::EventRetention;
 use crate::store::{now_ms, Store};
 use crate::vm::phase::{Rung, VmPhase};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Assigned by the store; strictly increasing across the whole daemon.
     #[serde(default)]
@@ -24,7 +24,7 @@ pub struct Event {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Created,

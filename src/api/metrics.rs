@@ -19,6 +19,7 @@ use crate::metrics::figures::VmFigures;
 /// with `# EOF`), which Prometheus scrapes under this type.
 pub const TEXT_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus (OpenMetrics) text", content_type = "application/openmetrics-text", body = String), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn scrape(State(rt): State<AppState>) -> Result<Response, ApiError> {
     let text = rt
         .metrics_text()
@@ -26,7 +27,8 @@ pub async fn scrape(State(rt): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, TEXT_FORMAT)], text).into_response())
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// One VM only.
@@ -39,6 +41,7 @@ impl QueryRules for StatsQuery {
     }
 }
 
+#[utoipa::path(get, path = "/v1/stats", tag = "metrics", params(StatsQuery), responses((status = 200, body = [VmFigures]), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn stats(State(rt): State<AppState>, ValidQuery(q): ValidQuery<StatsQuery>) -> Result<Json<Vec<VmFigures>>, ApiError> {
     Ok(Json(rt.stats(q.name.as_deref())?))
 }

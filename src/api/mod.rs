@@ -27,6 +27,7 @@
 //! ```
 
 mod console;
+mod openapi;
 pub mod metrics;
 mod scheduler;
 pub mod drain;
@@ -42,7 +43,10 @@ pub mod types;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,36 +69,60 @@ pub fn router_with_drain(runtime: Arc<Runtime>, drain: drain::Drain) -> Router {
 }
 
 fn routes(runtime: Arc<Runtime>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/vms", get(scheduler::list).post(create))
-        .route("/v1/vms/{name}", get(inspect).delete(remove))
-        .route("/v1/vms/{name}/start", post(start))
-        .route("/v1/vms/{name}/stop", post(stop))
-        .route("/v1/vms/{name}/pause", post(pause))
-        .route("/v1/vms/{name}/resume", post(resume))
-        .route("/v1/vms/{name}/wait", get(scheduler::wait))
-        .route("/v1/host", get(scheduler::host))
-        .route("/v1/stats", get(metrics::stats))
-        .route("/metrics", get(metrics::scrape))
-        .route("/v1/vms/{name}/console", get(console::follow))
-        .route("/v1/vms/{name}/console/attach", get(console::attach))
-        .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
-        .route("/v1/volumes", get(vsock::volumes))
-        .route("/v1/volumes/{name}", axum::routing::delete(vsock::remove_volume))
-        .route("/v1/events", get(events::stream))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/images", get(images::list).post(images::pull))
-        .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
+    let (router, _) = documented().split_for_parts();
+    router
+        .route("/v1/openapi.json", get(openapi_json))
         .layer(axum::middleware::map_response(error::json_errors))
         .route_layer(axum::middleware::from_fn_with_state(runtime.clone(), metrics::timed))
         .with_state(runtime)
 }
 
+/// Every route with its handler's OpenAPI description: the router and
+/// the document are made from the same list, so neither can lack a route.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(scheduler::list, create))
+        .routes(routes!(inspect, remove))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(scheduler::wait))
+        .routes(routes!(scheduler::host))
+        .routes(routes!(metrics::stats))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(console::follow))
+        .routes(routes!(console::attach))
+        .routes(routes!(vsock::connect))
+        .routes(routes!(vsock::volumes))
+        .routes(routes!(vsock::remove_volume))
+        .routes(routes!(events::stream))
+        .routes(routes!(shutdown))
+        .routes(routes!(images::list, images::pull))
+        .routes(routes!(images::remove))
+}
+
+/// The API's OpenAPI 3.1 document (served at `/v1/openapi.json`).
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut doc) = documented().split_for_parts();
+        doc.paths.paths.insert("/v1/openapi.json".into(), openapi::self_path());
+        doc
+    })
+}
+
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "daemon", responses((status = 200, description = "The daemon answers", body = Object), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.get(&name)?))
 }
@@ -103,6 +131,7 @@ async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result
 /// a bad field is reported with its path (`boot.kernal`), not a byte offset.
 /// The query is checked before the body is read, and both before anything
 /// is created.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", params(types::StartQuery, ("idempotency-key" = Option<String>, Header, description = "A repeat with the same key and spec answers the first result; another spec is a 409")), request_body = crate::VmSpec, responses((status = 201, description = "Created and booted (or the first result, replayed, with `idempotent-replayed: true`)", body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn create(
     State(rt): State<AppState>,
     ValidQuery(q): ValidQuery<StartQuery>,
@@ -140,25 +169,30 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
     Ok(Some(key.to_string()))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::StartQuery), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn start(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.start_vm(&name, q.wait.unwrap_or_default(), q.timeout()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::StopQuery), responses((status = 200, body = crate::StopOutcome), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn stop(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StopQuery>) -> Result<Json<crate::StopOutcome>, ApiError> {
     let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
     Ok(Json(rt.stop(&name, graceful).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn pause(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.pause(&name).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.resume(&name).await?))
 }
 
 /// Exits the daemon. VMs keep running (the next daemon re-adopts them)
 /// unless `stop_vms`, which first runs every VM's shutdown ladder.
+#[utoipa::path(post, path = "/v1/shutdown", tag = "daemon", params(types::ShutdownQuery), responses((status = 200, description = "The daemon exits", body = Object), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<ShutdownQuery>) -> Json<serde_json::Value> {
     let mut stopped = serde_json::Map::new();
     if q.stop_vms.unwrap_or(false) {
@@ -175,6 +209,7 @@ async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<Shutdown
     Json(serde_json::json!({ "exiting": true, "stopped": stopped }))
 }
 
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::RemoveQuery), responses((status = 204, description = "Removed"), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<RemoveQuery>) -> Result<StatusCode, ApiError> {
     rt.remove_with(&name, q.force.unwrap_or(false), q.volumes.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -37,18 +37,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
     }
 }
 
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", params(("label" = Option<Vec<String>>, Query, description = "key=value; repeat for more (all must match)", explode)), responses((status = 200, body = [crate::VmInfo]), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn list(State(rt): State<AppState>, q: ListQuery) -> Json<Vec<VmInfo>> {
     Json(rt.list_labeled(&q.selectors))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Until {
     /// The current run ended (power-off, ladder, crash, failure).
     Exit,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     pub until: Until,
@@ -62,12 +64,14 @@ impl QueryRules for WaitQuery {
     }
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}/wait", tag = "scheduler", params(("name" = String, Path, description = "The VM's name"), WaitQuery), responses((status = 200, description = "How the current run ended", body = RunEnd), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn wait(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<WaitQuery>) -> Result<Json<RunEnd>, ApiError> {
     let Until::Exit = q.until;
     let timeout = Duration::from_secs(q.timeout_secs.unwrap_or(super::query::MAX_TIMEOUT_SECS));
     Ok(Json(rt.wait_exit(&name, timeout).await?))
 }
 
+#[utoipa::path(get, path = "/v1/host", tag = "scheduler", responses((status = 200, body = HostInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn host(State(rt): State<AppState>) -> Json<HostInfo> {
     Json(rt.host().await)
 }

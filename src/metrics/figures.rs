@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::VmInfo;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmFigures {
     pub name: String,
     pub phase: String,
@@ -37,7 +37,7 @@ pub struct VmFigures {
 
 /// Storage I/O of the hypervisor process (`/proc/PID/io`): the guest's
 /// disk traffic as it reaches the host's block layer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IoFigures {
     pub read_bytes: u64,
     pub write_bytes: u64,
@@ -47,7 +47,7 @@ pub struct IoFigures {
 }
 
 /// The TAP's counters, seen from the host: `rx` is what the guest sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetFigures {
     pub rx_bytes: u64,
     pub rx_packets: u64,
