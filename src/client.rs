@@ -250,12 +250,30 @@ impl Client {
         self.stream(&format!("/v1/vms/{name}/console?follow={follow}")).await
     }
 
+    /// The live console file from byte `offset` (at most 1 MiB), the
+    /// offset to read next, and whether the file shrank below `offset`
+    /// (rotated or truncated: the read started over at 0).
+    pub async fn console_from(&self, name: &str, offset: u64) -> Result<(Bytes, u64, bool)> {
+        let resp = self.send(Method::GET, &format!("/v1/vms/{name}/console?offset={offset}"), None, false).await?;
+        let status = resp.status();
+        let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let next = header("paddock-console-next").and_then(|v| v.parse().ok());
+        let restarted = header("paddock-console-restarted").is_some();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let next = next.ok_or_else(|| ClientError::Transport("no paddock-console-next header".into()))?;
+        Ok((bytes, next, restarted))
+    }
+
     /// NDJSON events after `since` (and live ones if `follow`).
     pub async fn events(&self, since: u64, follow: bool) -> Result<Incoming> {
         self.stream(&format!("/v1/events?since={since}&follow={follow}")).await
     }
 
-    async fn stream(&self, path: &str) -> Result<Incoming> {
+    /// GET `path` as a byte stream (errors in the API shape).
+    pub async fn stream(&self, path: &str) -> Result<Incoming> {
         let resp = self.send(Method::GET, path, None, false).await?;
         let status = resp.status();
         if status.is_success() {

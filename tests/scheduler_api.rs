@@ -182,3 +182,32 @@ fn host_describes_versions_virtualisation_resources_and_reserved_memory() {
         assert_eq!((h.vms.total, h.vms.active, h.vms.reserved_memory_bytes), (2, 1, 64 << 20));
     });
 }
+
+#[test]
+fn console_reads_resume_from_a_byte_offset() {
+    let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[]);
+    block_on(async {
+        let c = &d.client;
+        let info = c.up(&fake_spec(&d, "co"), WaitFor::Ready, 30).await.expect("up");
+        let (all, next, restarted) = c.console_from("co", 0).await.expect("from 0");
+        let text = String::from_utf8_lossy(&all).into_owned();
+        assert!(text.contains(READY_MARKER) && !restarted, "{text:?}");
+        assert_eq!(next, all.len() as u64);
+        assert_eq!(next, std::fs::metadata(&info.console_log).expect("log").len());
+
+        // From the middle: exactly the rest; from the end: nothing, same next.
+        let mid = next / 2;
+        let (rest, n2, _) = c.console_from("co", mid).await.expect("from the middle");
+        assert_eq!((&rest[..], n2), (&all[mid as usize..], next));
+        let (none, n3, restarted) = c.console_from("co", next).await.expect("from the end");
+        assert_eq!((none.len(), n3, restarted), (0, next, false));
+
+        // Past the end (the file was rotated under the reader): from 0, said so.
+        let (again, n4, restarted) = c.console_from("co", next + 1000).await.expect("past the end");
+        assert_eq!((&again[..], n4, restarted), (&all[..], next, true));
+
+        let e = c.stream("/v1/vms/co/console?offset=0&follow=true").await.expect_err("offset with follow");
+        assert_eq!(field_of(&e), "offset");
+        assert_eq!(c.console_from("nope", 0).await.expect_err("unknown").kind(), Some("not_found"));
+    });
+}

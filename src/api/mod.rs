@@ -14,7 +14,7 @@
 //! GET    /v1/stats?name=                        per-VM figures (CPU, memory, I/O, network) as JSON
 //! GET    /metrics                               Prometheus text format
 //! GET    /v1/host                               version, backends, virtualisation, CPUs, memory, VMs
-//! GET    /v1/vms/{name}/console?follow=         raw bytes
+//! GET    /v1/vms/{name}/console?follow=|offset=  raw bytes (offset: from byte N of the live file)
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
 //! GET    /v1/vms/{name}/vsock/{port}            HTTP upgrade (paddock-vsock), raw duplex to a guest vsock port
 //! GET    /v1/volumes                            data disks (kept after rm, or in use)
@@ -27,6 +27,7 @@
 //! ```
 
 mod console;
+mod console_offset;
 mod openapi;
 pub mod metrics;
 mod scheduler;
@@ -131,7 +132,7 @@ async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result
 /// a bad field is reported with its path (`boot.kernal`), not a byte offset.
 /// The query is checked before the body is read, and both before anything
 /// is created.
-#[utoipa::path(post, path = "/v1/vms", tag = "vms", params(types::StartQuery, ("idempotency-key" = Option<String>, Header, description = "A repeat with the same key and spec answers the first result; another spec is a 409")), request_body = crate::VmSpec, responses((status = 201, description = "Created and booted (or the first result, replayed, with `idempotent-replayed: true`)", body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", params(types::StartQuery, ("idempotency-key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "A repeat with the same key and spec answers the first result; another spec is a 409")), request_body = crate::VmSpec, responses((status = 201, description = "Created and booted (or the first result, replayed, with `idempotent-replayed: true`)", body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn create(
     State(rt): State<AppState>,
     ValidQuery(q): ValidQuery<StartQuery>,

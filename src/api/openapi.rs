@@ -12,7 +12,8 @@ use utoipa::openapi::{ContentBuilder, ResponseBuilder};
         description = "The Paddock daemon's HTTP/JSON API, served on a Unix socket (default /run/paddock/paddock.sock). Every error is `{\"error\": {\"kind\", \"message\", \"field\"?}}`.",
         license(name = "Apache-2.0"),
     ),
-    components(schemas(super::types::ErrorBody)),
+    // Types only query parameters name (utoipa-axum collects bodies' types).
+    components(schemas(super::types::ErrorBody, crate::WaitFor, super::scheduler::Until)),
 )]
 pub struct ApiDoc;
 

@@ -50,6 +50,9 @@ impl QueryRules for RemoveQuery {
 
 impl QueryRules for ConsoleQuery {
     fn check(&self) -> Result<(), ApiError> {
+        if self.offset.is_some() && self.follow == Some(true) {
+            return Err(ApiError::invalid_request("offset", "`offset` reads what is written and returns; drop `follow=true` (or `offset`)"));
+        }
         Ok(())
     }
 }
@@ -89,6 +92,9 @@ pub struct ShutdownQuery {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleQuery {
     pub follow: Option<bool>,
+    /// Read the live console file from this byte (not with `follow`); see
+    /// `console_offset.rs`.
+    pub offset: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
