@@ -134,6 +134,17 @@ fn stats_prints_the_figures_and_a_removed_vm_leaves_no_series() {
     assert_eq!(top.matches("NAME").count(), 2, "{top}");
 
     block_on(async {
+        // A crash the restart policy answers is counted.
+        let mut spec = fake_spec(&d, "rs");
+        spec.restart.policy = paddock::spec::RestartPolicy::OnFailure;
+        spec.restart.backoff_base_ms = 10;
+        let pid = d.client.up(&spec, WaitFor::Running, 30).await.expect("up rs").pid.expect("pid");
+        assert_eq!(Scrape::of(&d.client).await.vm("paddock_vm_restarts_total", "rs"), 0.0);
+        let since = last_seq(&d.client).await;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+        wait_event(&d.client, since, Duration::from_secs(30), |e| e.vm == "rs" && matches!(e.kind, paddock::EventKind::RestartScheduled { .. })).await;
+        assert_eq!(Scrape::of(&d.client).await.vm("paddock_vm_restarts_total", "rs"), 1.0);
+
         let n = Scrape::of(&d.client).await.vm_labels();
         assert!(n.get("s1").is_some_and(|&k| k > 0) && n.get("s2").is_some());
         d.client.remove("s2", true).await.expect("rm");

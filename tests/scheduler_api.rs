@@ -38,6 +38,8 @@ fn labels_are_kept_and_listing_filters_on_every_selector() {
         // A selector that is not key=value, or an unknown parameter: 400 naming it.
         let e = c.list_labeled(&["team"]).await.expect_err("bad selector");
         assert_eq!((e.kind(), field_of(&e)), (Some("invalid_request"), "label".to_string()));
+        let e = c.stream("/v1/vms?lable=team=web").await.expect_err("misspelt parameter");
+        assert_eq!(field_of(&e), "lable");
 
         // A bad label in a spec names the label and creates nothing.
         let e = c.up(&labeled(&d, "bad", &[("team", "has space")]), WaitFor::Running, 30).await.expect_err("bad label");
@@ -74,6 +76,15 @@ fn a_repeated_idempotency_key_answers_the_first_result_and_a_different_spec_is_a
         let e = c.up_idempotent(&other, "key-1", WaitFor::Running, 30).await.expect_err("different spec");
         assert_eq!(e.kind(), Some("conflict"), "{e}");
         assert!(c.get("idem2").await.is_err(), "the conflicting request created a VM");
+
+        // A create that failed is not remembered: its retry, fixed, runs.
+        let mut bad = fake_spec(&d, "idem5");
+        bad.memory_mib = 1;
+        let e = c.up_idempotent(&bad, "key-5", WaitFor::Running, 30).await.expect_err("too little memory");
+        assert_eq!(e.kind(), Some("invalid_spec"));
+        let (fixed, replayed) = c.up_idempotent(&fake_spec(&d, "idem5"), "key-5", WaitFor::Running, 30).await.expect("the fixed retry");
+        assert!(!replayed && fixed.pid.is_some());
+        c.remove("idem5", true).await.expect("rm idem5");
 
         // Concurrent requests with one key: one VM, both answered with it.
         let spec3 = fake_spec(&d, "idem3");
