@@ -10,6 +10,14 @@ guest_dir=${PADDOCK_GUEST_DIR:-$HOME/.cache/paddock/test-guest}
 scripts/build-test-guest.sh "$guest_dir" >/dev/null
 cargo build --release --locked --bin paddock
 paddock=$PWD/target/release/paddock
+# Shell completions and man pages, generated from the CLI's own definitions.
+if [[ -w /usr/local/share ]]; then
+    mkdir -p /usr/local/share/bash-completion/completions /usr/local/share/zsh/site-functions /usr/local/share/fish/vendor_completions.d
+    "$paddock" completions bash >/usr/local/share/bash-completion/completions/paddock
+    "$paddock" completions zsh >/usr/local/share/zsh/site-functions/_paddock
+    "$paddock" completions fish >/usr/local/share/fish/vendor_completions.d/paddock.fish
+    "$paddock" manpages /usr/local/share/man/man1
+fi
 
 work=$(mktemp -d /tmp/paddock-demo.XXXXXX)
 export PADDOCK_SOCKET=$work/run/paddock.sock

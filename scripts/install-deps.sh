@@ -18,6 +18,7 @@ packages=(
     debootstrap      # builds the Debian cloud guest (scripts/build-debian-guest.sh)
     e2fsprogs        # mkfs.ext4 -d: the Debian guest's root filesystem without a loop mount
     openssh-client   # ssh, ssh-keygen: the real-guest tests log in to the Debian guest
+    python3-venv     # the API fuzzer's venv (scripts/install-fuzzer.sh: schemathesis)
 )
 
 find_missing() {

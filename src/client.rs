@@ -57,6 +57,17 @@ impl Client {
 
     /// `upgrade`: the `Upgrade:` protocol to ask for, if any.
     async fn send_with(&self, method: Method, path: &str, body: Option<Vec<u8>>, upgrade: Option<&str>) -> Result<hyper::Response<Incoming>> {
+        self.send_headers(method, path, body, upgrade, &[]).await
+    }
+
+    async fn send_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        upgrade: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::DaemonNotRunning { socket: self.socket.clone(), source })?;
@@ -72,6 +83,9 @@ impl Client {
         }
         if let Some(protocol) = upgrade {
             req = req.header("connection", "Upgrade").header("upgrade", protocol);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -123,6 +137,56 @@ impl Client {
 
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
         self.json(Method::GET, "/v1/vms", None).await
+    }
+
+    /// The VMs carrying every `key=value` label of `selectors`.
+    pub async fn list_labeled(&self, selectors: &[&str]) -> Result<Vec<VmInfo>> {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for s in selectors {
+            q.append_pair("label", s);
+        }
+        self.json(Method::GET, &format!("/v1/vms?{}", q.finish()), None).await
+    }
+
+    /// `up` with an idempotency key: the VM, and whether this answer is
+    /// the first request's, replayed.
+    pub async fn up_idempotent(&self, spec: &VmSpec, key: &str, wait: WaitFor, timeout_secs: u64) -> Result<(VmInfo, bool)> {
+        let body = serde_json::to_vec(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let path = format!("/v1/vms?wait={}&timeout_secs={timeout_secs}", wait_str(wait));
+        let resp = self.send_headers(Method::POST, &path, Some(body), None, &[(crate::api::IDEMPOTENCY_KEY, key)]).await?;
+        let status = resp.status();
+        let replayed = resp.headers().contains_key(crate::api::IDEMPOTENT_REPLAYED);
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let info = serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport(format!("bad response: {e}")))?;
+        Ok((info, replayed))
+    }
+
+    /// Waits (up to `timeout_secs`) until the VM's current run ends.
+    pub async fn wait_exit(&self, name: &str, timeout_secs: u64) -> Result<crate::run_end::RunEnd> {
+        self.json(Method::GET, &format!("/v1/vms/{name}/wait?until=exit&timeout_secs={timeout_secs}"), None).await
+    }
+
+    /// Per-VM figures (all VMs, or `name`).
+    pub async fn stats(&self, name: Option<&str>) -> Result<Vec<crate::metrics::figures::VmFigures>> {
+        let path = match name {
+            Some(n) => format!("/v1/stats?name={}", form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()),
+            None => "/v1/stats".to_string(),
+        };
+        self.json(Method::GET, &path, None).await
+    }
+
+    /// The Prometheus text exposition.
+    pub async fn metrics(&self) -> Result<String> {
+        let bytes = self.call(Method::GET, "/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// This host: version, backends, virtualisation, CPUs, memory, VMs.
+    pub async fn host(&self) -> Result<crate::host::HostInfo> {
+        self.json(Method::GET, "/v1/host", None).await
     }
 
     pub async fn get(&self, name: &str) -> Result<VmInfo> {
@@ -218,12 +282,30 @@ impl Client {
         self.stream(&format!("/v1/vms/{name}/console?follow={follow}")).await
     }
 
+    /// The live console file from byte `offset` (at most 1 MiB), the
+    /// offset to read next, and whether the file shrank below `offset`
+    /// (rotated or truncated: the read started over at 0).
+    pub async fn console_from(&self, name: &str, offset: u64) -> Result<(Bytes, u64, bool)> {
+        let resp = self.send(Method::GET, &format!("/v1/vms/{name}/console?offset={offset}"), None, false).await?;
+        let status = resp.status();
+        let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let next = header("paddock-console-next").and_then(|v| v.parse().ok());
+        let restarted = header("paddock-console-restarted").is_some();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let next = next.ok_or_else(|| ClientError::Transport("no paddock-console-next header".into()))?;
+        Ok((bytes, next, restarted))
+    }
+
     /// NDJSON events after `since` (and live ones if `follow`).
     pub async fn events(&self, since: u64, follow: bool) -> Result<Incoming> {
         self.stream(&format!("/v1/events?since={since}&follow={follow}")).await
     }
 
-    async fn stream(&self, path: &str) -> Result<Incoming> {
+    /// GET `path` as a byte stream (errors in the API shape).
+    pub async fn stream(&self, path: &str) -> Result<Incoming> {
         let resp = self.send(Method::GET, path, None, false).await?;
         let status = resp.status();
         if status.is_success() {

@@ -16,6 +16,10 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dir_lock;
+pub mod host;
+pub mod idempotency;
+pub mod metrics;
+pub mod run_end;
 mod runtime;
 
 pub use paddock_actors::spec;

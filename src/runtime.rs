@@ -13,7 +13,7 @@ use paddock_actors::vm::VmMessage;
 use paddock_actors::volumes::VolumeInfo;
 use paddock_actors::vsock::{VsockError, VsockStream};
 use paddock_actors::{
-    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
+    Backends, ConsoleAttach, ConsoleFollow, Error, Event, EventBus, EventKind, RecoveryReport, RegistryActor, RegistryArgs, RegistryMessage,
     Result, StatusBoard, StopOutcome, Store, VmInfo, VmSpec, WaitFor,
 };
 use paddock_actors::snapshot::{AfterSnapshot, SnapshotInfo, Snapshots};
@@ -82,6 +82,10 @@ pub struct Runtime {
     exit: Arc<tokio::sync::Notify>,
     reaper: tokio::task::JoinHandle<()>,
     images: Arc<paddock_images::ImageCache>,
+    idempotency: crate::idempotency::IdempotencyKeys,
+    metrics: crate::metrics::Metrics,
+    /// Drains the event stream into the metrics between scrapes.
+    metrics_task: tokio::task::JoinHandle<()>,
     /// One runtime per state directory and per run directory, for life.
     _locks: [crate::dir_lock::DirLock; 2],
 }
@@ -98,6 +102,7 @@ impl Runtime {
         let locks = [lock(&config.state_dir)?, lock(&config.run_dir)?];
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let recovery_began = std::time::Instant::now();
         let records = store.load_vms().await?;
         let instance = store.instance_id().await?;
         let events = EventBus::with_retention(store.clone(), config.bounds.events);
@@ -114,6 +119,18 @@ impl Runtime {
             Arc::new(QemuBackend::new(config.qemu_binary.clone(), config.control_timeout).with_vsock_device(config.vsock_device_binary.clone()));
         let cloud_hypervisor: Arc<dyn paddock_actors::Backend> =
             Arc::new(CloudHypervisorBackend::new(config.cloud_hypervisor_binary.clone(), config.control_timeout));
+        // Subscribed before the registry starts: recovery's events count.
+        let metrics = crate::metrics::Metrics::new(events.subscribe());
+        let metrics_task = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::metrics::DRAIN_EVERY);
+                loop {
+                    tick.tick().await;
+                    metrics.drain();
+                }
+            })
+        };
         let args = RegistryArgs {
             store,
             events: events.clone(),
@@ -139,6 +156,7 @@ impl Runtime {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
+        metrics.set_adoption(recovery_began.elapsed());
         // A snapshot cut short by a crash: its partial files go, and a VM
         // it had paused runs again.
         let snapshots = Snapshots::new(&config.state_dir);
@@ -170,7 +188,21 @@ impl Runtime {
                 bus.prune().await;
             }
         });
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, _locks: locks })
+        Ok(Runtime {
+            registry,
+            registry_task,
+            board,
+            events,
+            config,
+            recovery,
+            exit: Arc::default(),
+            reaper,
+            images,
+            idempotency: Default::default(),
+            metrics,
+            metrics_task,
+            _locks: locks,
+        })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -215,6 +247,14 @@ impl Runtime {
             .cast(RegistryMessage::Create { spec: Box::new(spec), wait, reply: tx.into() })
             .map_err(|_| gone())?;
         await_reply(rx, start_budget(wait, timeout), "up").await
+    }
+
+    /// As `up`, once per `key`: a repeat with the same key and spec
+    /// answers the first result (`replayed`), a different spec is a
+    /// conflict (see `crate::idempotency`).
+    pub async fn up_idempotent(&self, key: &str, spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<crate::idempotency::Created> {
+        crate::idempotency::check_key(key).map_err(|m| Error::InvalidSpec(paddock_actors::SpecError::new("idempotency_key", m)))?;
+        self.idempotency.run(key, spec, |spec| self.up(spec, wait, timeout)).await
     }
 
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
@@ -324,6 +364,92 @@ impl Runtime {
         self.board.list()
     }
 
+    /// The VMs carrying every label of `selectors`.
+    pub fn list_labeled(&self, selectors: &[paddock_actors::labels::Selector]) -> Vec<VmInfo> {
+        self.board.list().into_iter().filter(|v| selectors.iter().all(|s| s.matches(&v.spec.labels))).collect()
+    }
+
+    /// Waits until the VM's current run ends (at once if it is not
+    /// running) and says how: power-off, a ladder rung, a crash with its
+    /// signal or exit code, a failure.
+    pub async fn wait_exit(&self, name: &str, timeout: Duration) -> Result<crate::run_end::RunEnd> {
+        use crate::run_end::RunEnd;
+        // Subscribed before reading the board: an end after the read is
+        // in the stream.
+        let mut live = self.events.subscribe();
+        let now = self.get(name)?;
+        if let Some(end) = RunEnd::from_phase(name, &now.phase, now.generation) {
+            return Ok(end);
+        }
+        let wait = async {
+            loop {
+                match live.recv().await {
+                    Ok(ev) if ev.vm == name => match ev.kind {
+                        EventKind::Phase { phase } => {
+                            if let Some(end) = RunEnd::from_phase(name, &phase, ev.generation) {
+                                return Ok(end);
+                            }
+                        }
+                        EventKind::Removed => return Err(Error::NotFound { name: name.to_string() }),
+                        _ => {}
+                    },
+                    Ok(_) => {}
+                    // Fell behind: the board has the latest phase.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let now = self.get(name)?;
+                        if let Some(end) = RunEnd::from_phase(name, &now.phase, now.generation) {
+                            return Ok(end);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(gone()),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout { what: format!("waiting for VM {name:?} to exit"), timeout_ms: timeout.as_millis() as u64 }))
+    }
+
+    /// The counters kept between scrapes (the API records its requests).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn metrics_text(&self) -> std::result::Result<String, std::fmt::Error> {
+        let vms = self.list();
+        self.metrics.encode(&crate::metrics::Snapshot { vms: &vms, events_written: self.events.written() })
+    }
+
+    /// What each VM uses now (`paddock stats`), optionally one VM.
+    pub fn stats(&self, name: Option<&str>) -> Result<Vec<crate::metrics::figures::VmFigures>> {
+        let vms = match name {
+            Some(n) => vec![self.get(n)?],
+            None => self.list(),
+        };
+        Ok(vms.iter().map(crate::metrics::figures::of).collect())
+    }
+
+    /// This host as a scheduler sees it (`GET /v1/host`).
+    pub async fn host(&self) -> crate::host::HostInfo {
+        use crate::host;
+        let (qemu, ch) = futures::join!(
+            host::backend("qemu", &self.config.qemu_binary),
+            host::backend("cloud-hypervisor", &self.config.cloud_hypervisor_binary)
+        );
+        let accel = paddock_actors::accel::host();
+        let (memory_total_bytes, memory_available_bytes) = host::memory();
+        host::HostInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backends: vec![qemu, ch],
+            hardware_virtualization: host::HardwareVirtualization { usable: accel.kvm_usable, reason: accel.reason.clone() },
+            cpus: host::cpus(),
+            memory_total_bytes,
+            memory_available_bytes,
+            vms: host::vms(&self.list()),
+        }
+    }
+
     pub fn get(&self, name: &str) -> Result<VmInfo> {
         self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })
     }
@@ -394,6 +520,7 @@ impl Runtime {
     /// in their own sessions and are re-adopted by the next start.
     pub async fn shutdown(self) {
         self.reaper.abort();
+        self.metrics_task.abort();
         self.registry.stop(None);
         let _ = self.registry_task.await;
     }

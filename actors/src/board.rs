@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use crate::spec::VmSpec;
 use crate::vm::phase::VmPhase;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmInfo {
     pub name: String,
     pub backend: String,
@@ -35,19 +35,22 @@ pub struct VmInfo {
     /// The guest's vsock while it runs (see `Runtime::vsock_connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<crate::vsock::VsockInfo>,
+    #[schema(value_type = String)]
     pub console_log: PathBuf,
     pub spec: VmSpec,
 }
 
 /// A running guest's network, typed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetworkInfo {
     pub mode: crate::spec::NetworkMode,
     /// The guest's address (TAP leases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub address: Option<std::net::Ipv4Addr>,
     /// The host side of the TAP, the guest's default route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub gateway: Option<std::net::Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<u8>,
@@ -59,9 +62,10 @@ pub struct NetworkInfo {
 }
 
 /// A published port: `host_address:host` on the host -> `guest` in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForwardInfo {
     /// `127.0.0.1` (user networking) or `0.0.0.0` (TAP: every host address, by DNAT).
+    #[schema(value_type = String)]
     pub host_address: std::net::Ipv4Addr,
     pub host: u16,
     pub guest: u16,

@@ -58,7 +58,7 @@ impl ConsoleLogLimits {
 }
 
 /// `[console_log]` in a spec: overrides of the daemon's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleLogSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

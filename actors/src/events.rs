@@ -10,7 +10,7 @@ use crate::bounds::EventRetention;
 use crate::store::{now_ms, RowChange, Store, StoreError};
 use crate::vm::phase::{Rung, VmPhase};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Assigned by the store; strictly increasing across the whole daemon.
     #[serde(default)]
@@ -24,7 +24,7 @@ pub struct Event {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Created,
@@ -100,6 +100,11 @@ impl EventBus {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Events published since this bus was made (for the metrics).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Persists, then broadcasts. A failed write is logged and the event is

@@ -29,6 +29,7 @@ pub mod private_dir;
 pub mod probe;
 pub mod failpoint;
 pub mod file_watch;
+pub mod labels;
 pub mod process;
 pub mod qemu;
 pub mod recovery;

@@ -23,7 +23,7 @@ pub const MAX_NAME_LEN: usize = 31;
 /// let spec = VmSpec::builder("web").boot(Boot::kernel("/srv/vmlinuz")).memory_mib(256).vsock(true).build();
 /// assert_eq!(spec.vcpus, 1);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bon::Builder)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bon::Builder, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[builder(on(String, into))]
 pub struct VmSpec {
@@ -82,11 +82,16 @@ pub struct VmSpec {
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
+    /// Free-form `key = "value"` pairs for outside schedulers; listing can
+    /// filter on them (`GET /v1/vms?label=team=x`). See `crate::labels`.
+    #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
+    #[builder(default)]
+    pub labels: crate::labels::Labels,
 }
 
 /// A FAT service disk: the service's files and a launcher script whose
 /// every value is shell-quoted (see `paddock_images::ServiceDisk`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDiskSpec {
     /// FAT volume label, 1-11 characters of A-Z 0-9 space - _.
@@ -114,7 +119,7 @@ pub fn default_service_label() -> String {
     "SERVICE".into()
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Where on the disk, e.g. `bin/app`.
@@ -124,13 +129,15 @@ pub struct ServiceFile {
     pub content: Option<String>,
     /// a host file, copied at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTree {
     /// A host directory.
+    #[schema(value_type = String)]
     pub source: PathBuf,
     /// The directory on the disk ("" or absent: the root).
     #[serde(default)]
@@ -138,7 +145,7 @@ pub struct ServiceTree {
 }
 
 /// What `launch.sh` runs: `cd workdir; export env...; exec program args...`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LauncherSpec {
     /// Relative paths are relative to the disk's root.
@@ -246,7 +253,7 @@ impl ServiceDiskSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataDiskSpec {
     pub size_gib: u64,
@@ -266,7 +273,7 @@ impl DataDiskSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Filesystem {
     #[default]
@@ -286,7 +293,7 @@ impl Filesystem {
 }
 
 /// How Paddock decides, besides `ready_pattern`, that the guest is ready.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadyProbe {
     /// A guest TCP port: on a TAP lease, ready when a connection to the
@@ -296,7 +303,7 @@ pub struct ReadyProbe {
     pub tcp: u16,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitSpec {
     /// Defaults to the VM name.
@@ -322,7 +329,7 @@ pub struct CloudInitSpec {
     pub format: paddock_images::SeedFormat,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitUser {
     pub name: String,
@@ -340,7 +347,7 @@ pub struct CloudInitUser {
     pub lock_passwd: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitFile {
     pub path: String,
@@ -354,7 +361,7 @@ fn default_memory() -> u64 {
     512
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     #[default]
@@ -374,18 +381,22 @@ impl BackendKind {
 /// A direct kernel boot, a disk booted by firmware, or both: with
 /// `kernel`, a `disk` or `image` is the guest's first disk (its root disk,
 /// e.g. `root=LABEL=...` or `/dev/vda` in `cmdline`) and no firmware runs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub kernel: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub initrd: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub disk: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub firmware: Option<PathBuf>,
     /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted
     /// through the VM's own copy-on-write overlay: by firmware, or with
@@ -424,9 +435,10 @@ impl Boot {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Detected from the header when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,7 +451,7 @@ pub struct Disk {
     pub serial: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     #[serde(default)]
@@ -463,7 +475,7 @@ impl Network {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     #[default]
@@ -474,7 +486,7 @@ pub enum NetworkMode {
     Tap,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     #[default]
@@ -483,7 +495,7 @@ pub enum Accel {
     Tcg,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     #[default]
@@ -498,7 +510,7 @@ pub enum RestartPolicy {
 /// vCPUs stop and the VM stays paused for inspection; `ignore`: only the
 /// `guest_panicked` event (the guest kernel decides, e.g. `panic=-1`
 /// reboots it in place).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnPanic {
     #[default]
@@ -524,7 +536,7 @@ impl OnPanic {
 
 /// Restart policy and its limits (enforced by the supervision issue's code;
 /// stored with the spec from the start so no migration is needed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     #[serde(default)]
@@ -618,6 +630,7 @@ impl VmSpec {
     /// the backend's `prepare`, which knows which ones it needs.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
+        crate::labels::validate(&self.labels)?;
         if let Some(c) = &self.console_log {
             crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
         }

@@ -11,10 +11,11 @@ use crate::disks::{vm_dir, DATA_DISK};
 use crate::error::{Error, Result};
 
 /// One data disk.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct VolumeInfo {
     /// The VM name it belongs (or belonged) to.
     pub name: String,
+    #[schema(value_type = String)]
     pub path: std::path::PathBuf,
     /// Bytes the file takes on the host (qcow2 grows as the guest writes).
     pub size: u64,

@@ -17,7 +17,7 @@ use crate::seed::SeedFiles;
 use crate::tmp::{publish, TempPath};
 
 /// The image format of a seed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SeedFormat {
     /// ISO 9660, volume id `cidata`.

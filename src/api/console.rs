@@ -17,7 +17,11 @@ use super::AppState;
 
 pub const UPGRADE_PROTOCOL: &str = "paddock-console";
 
+#[utoipa::path(get, path = "/v1/vms/{name}/console", tag = "console", params(("name" = String, Path, description = "The VM's name"), ConsoleQuery), responses((status = 200, description = "The console backlog, then live output with follow; with offset, the live file from that byte (header paddock-console-next: where to read next)", content_type = "application/octet-stream", body = Vec<u8>), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<ConsoleQuery>) -> Result<Response, ApiError> {
+    if let Some(offset) = q.offset {
+        return super::console_offset::read_from(&rt.get(&name)?.console_log, offset);
+    }
     let f = rt.console_follow(&name).await?;
     let backlog = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(f.backlog) });
     let body = if q.follow.unwrap_or(false) {
@@ -37,6 +41,7 @@ pub async fn follow(State(rt): State<AppState>, Path(name): Path<String>, ValidQ
 /// How long input already sent by a detached client may take to arrive.
 const INPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+#[utoipa::path(get, path = "/v1/vms/{name}/console/attach", tag = "console", params(("name" = String, Path, description = "The VM's name")), responses((status = 101, description = "Upgraded (Upgrade: paddock-console) to a raw duplex stream"), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn attach(State(rt): State<AppState>, Path(name): Path<String>, mut req: Request) -> Result<Response, ApiError> {
     super::upgrade::require(&req, UPGRADE_PROTOCOL)?;
     let attach = rt.console_attach(&name).await?;

@@ -47,6 +47,7 @@ fn push_line<T: Serialize>(out: &mut Vec<u8>, v: &T) {
     }
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "NDJSON: one Event per line", content_type = "application/x-ndjson", body = crate::Event), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn stream(State(rt): State<AppState>, ValidQuery(q): ValidQuery<EventsQuery>) -> Result<Response, ApiError> {
     let live = q.follow.unwrap_or(false).then(|| rt.subscribe());
     let replay = Replay { rt, last: q.since.unwrap_or(0), live, from_history: true };

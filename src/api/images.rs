@@ -15,16 +15,17 @@ use super::error::ApiError;
 use super::AppState;
 use crate::Error;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     pub url: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageInfo {
     pub sha256: String,
+    #[schema(value_type = String)]
     pub path: std::path::PathBuf,
     pub size: u64,
     /// VMs whose spec names this image.
@@ -40,11 +41,13 @@ fn spec_err(field: &str, e: impl std::fmt::Display) -> ApiError {
     Error::InvalidSpec(crate::SpecError::new(field, e.to_string())).into()
 }
 
+#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageInfo]), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn list(State(rt): State<AppState>) -> Result<Json<Vec<ImageInfo>>, ApiError> {
     let imgs = rt.images().list().map_err(|e| spec_err("images", e))?;
     Ok(Json(imgs.into_iter().map(|i| ImageInfo { used_by: used_by(&rt, &i.sha256), sha256: i.sha256, path: i.path, size: i.size }).collect()))
 }
 
+#[utoipa::path(delete, path = "/v1/images/{sha256}", tag = "images", params(("sha256" = String, Path, description = "The image's digest")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn remove(State(rt): State<AppState>, Path(sha): Path<String>) -> Result<StatusCode, ApiError> {
     let users = used_by(&rt, &sha.to_ascii_lowercase());
     if !users.is_empty() {
@@ -63,6 +66,7 @@ fn line(v: serde_json::Value) -> Bytes {
     Bytes::from(b)
 }
 
+#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = PullRequest, responses((status = 200, description = "NDJSON progress lines, then the image or an error", content_type = "application/x-ndjson", body = ImageInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn pull(State(rt): State<AppState>, Json(req): Json<PullRequest>) -> Result<Response, ApiError> {
     let sha = paddock_images::parse_sha256(&req.sha256).map_err(|e| spec_err("sha256", e))?;
     if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {

@@ -3,14 +3,18 @@
 //!
 //! ```text
 //! GET    /v1/health
-//! GET    /v1/vms                         list
-//! POST   /v1/vms?wait=&timeout_secs=     create and boot (body: spec JSON)
+//! GET    /v1/vms?label=k=v               list (every label selector must match)
+//! POST   /v1/vms?wait=&timeout_secs=     create and boot (body: spec JSON; Idempotency-Key header)
 //! GET    /v1/vms/{name}
 //! DELETE /v1/vms/{name}?force=
 //! POST   /v1/vms/{name}/start?wait=&timeout_secs=
 //! POST   /v1/vms/{name}/stop?timeout_secs=      graceful (ACPI) budget
 //! POST   /v1/vms/{name}/pause | /resume
-//! GET    /v1/vms/{name}/console?follow=         raw bytes
+//! GET    /v1/vms/{name}/wait?until=exit&timeout_secs=   how the current run ended
+//! GET    /v1/stats?name=                        per-VM figures (CPU, memory, I/O, network) as JSON
+//! GET    /metrics                               Prometheus text format
+//! GET    /v1/host                               version, backends, virtualisation, CPUs, memory, VMs
+//! GET    /v1/vms/{name}/console?follow=|offset=  raw bytes (offset: from byte N of the live file)
 //! GET    /v1/vms/{name}/console/attach          HTTP upgrade, raw duplex
 //! GET    /v1/vms/{name}/vsock/{port}            HTTP upgrade (paddock-vsock), raw duplex to a guest vsock port
 //! GET    /v1/volumes                            data disks (kept after rm, or in use)
@@ -28,6 +32,10 @@
 
 mod console;
 mod snapshots;
+mod console_offset;
+mod openapi;
+pub mod metrics;
+mod scheduler;
 pub mod drain;
 mod upgrade;
 mod vsock;
@@ -41,7 +49,10 @@ pub mod types;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,39 +75,64 @@ pub fn router_with_drain(runtime: Arc<Runtime>, drain: drain::Drain) -> Router {
 }
 
 fn routes(runtime: Arc<Runtime>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/vms", get(list).post(create))
-        .route("/v1/vms/{name}", get(inspect).delete(remove))
-        .route("/v1/vms/{name}/start", post(start))
-        .route("/v1/vms/{name}/stop", post(stop))
-        .route("/v1/vms/{name}/pause", post(pause))
-        .route("/v1/vms/{name}/resume", post(resume))
-        .route("/v1/vms/{name}/console", get(console::follow))
-        .route("/v1/vms/{name}/console/attach", get(console::attach))
-        .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
-        .route("/v1/volumes", get(vsock::volumes))
-        .route("/v1/volumes/{name}", axum::routing::delete(vsock::remove_volume))
-        .route("/v1/events", get(events::stream))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/images", get(images::list).post(images::pull))
-        .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
-        .route("/v1/vms/{name}/snapshot", post(snapshots::take))
-        .route("/v1/snapshots", get(snapshots::list))
-        .route("/v1/snapshots/{snapshot}", axum::routing::delete(snapshots::remove))
-        .route("/v1/snapshots/{snapshot}/restore", post(snapshots::restore))
+    let (router, _) = documented().split_for_parts();
+    router
+        .route("/v1/openapi.json", get(openapi_json))
         .layer(axum::middleware::map_response(error::json_errors))
+        .route_layer(axum::middleware::from_fn_with_state(runtime.clone(), metrics::timed))
         .with_state(runtime)
 }
 
+/// Every route with its handler's OpenAPI description: the router and
+/// the document are made from the same list, so neither can lack a route.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(scheduler::list, create))
+        .routes(routes!(inspect, remove))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(scheduler::wait))
+        .routes(routes!(scheduler::host))
+        .routes(routes!(metrics::stats))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(console::follow))
+        .routes(routes!(console::attach))
+        .routes(routes!(vsock::connect))
+        .routes(routes!(vsock::volumes))
+        .routes(routes!(vsock::remove_volume))
+        .routes(routes!(events::stream))
+        .routes(routes!(shutdown))
+        .routes(routes!(images::list, images::pull))
+        .routes(routes!(images::remove))
+        .routes(routes!(snapshots::take))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(snapshots::remove))
+        .routes(routes!(snapshots::restore))
+}
+
+/// The API's OpenAPI 3.1 document (served at `/v1/openapi.json`).
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut doc) = documented().split_for_parts();
+        doc.paths.paths.insert("/v1/openapi.json".into(), openapi::self_path());
+        doc
+    })
+}
+
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "daemon", responses((status = 200, description = "The daemon answers", body = Object), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn list(State(rt): State<AppState>) -> Json<Vec<VmInfo>> {
-    Json(rt.list())
-}
-
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.get(&name)?))
 }
@@ -105,38 +141,68 @@ async fn inspect(State(rt): State<AppState>, Path(name): Path<String>) -> Result
 /// a bad field is reported with its path (`boot.kernal`), not a byte offset.
 /// The query is checked before the body is read, and both before anything
 /// is created.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", params(types::StartQuery, ("idempotency-key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "A repeat with the same key and spec answers the first result; another spec is a 409")), request_body = crate::VmSpec, responses((status = 201, description = "Created and booted (or the first result, replayed, with `idempotent-replayed: true`)", body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn create(
     State(rt): State<AppState>,
     ValidQuery(q): ValidQuery<StartQuery>,
     timeout: Option<axum::Extension<server::BodyReadTimeout>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<VmInfo>), ApiError> {
+    let key = idempotency_key(&headers)?;
     let deadline = timeout.map(|t| t.0 .0).unwrap_or(server::ApiLimits::default().body_read_timeout);
     let body: Bytes = server::read_body(body, deadline).await?;
     let spec: VmSpec = types::parse_spec(&body)?;
-    let info = rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    let mut out = axum::http::HeaderMap::new();
+    let info = match key {
+        None => rt.up(spec, q.wait.unwrap_or_default(), q.timeout()).await?,
+        Some(key) => {
+            let created = rt.up_idempotent(&key, spec, q.wait.unwrap_or_default(), q.timeout()).await?;
+            if created.replayed {
+                out.insert(IDEMPOTENT_REPLAYED, axum::http::HeaderValue::from_static("true"));
+            }
+            created.info
+        }
+    };
+    Ok((StatusCode::CREATED, out, Json(info)))
 }
 
+/// The request header carrying a create's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer replayed for a repeated key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::invalid_request(IDEMPOTENCY_KEY, "the Idempotency-Key header must be printable ASCII"))?;
+    crate::idempotency::check_key(key).map_err(|m| ApiError::invalid_request(IDEMPOTENCY_KEY, m))?;
+    Ok(Some(key.to_string()))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::StartQuery), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn start(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StartQuery>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.start_vm(&name, q.wait.unwrap_or_default(), q.timeout()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::StopQuery), responses((status = 200, body = crate::StopOutcome), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn stop(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<StopQuery>) -> Result<Json<crate::StopOutcome>, ApiError> {
     let graceful = Duration::from_secs(q.timeout_secs.unwrap_or(types::DEFAULT_GRACEFUL_SECS));
     Ok(Json(rt.stop(&name, graceful).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn pause(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.pause(&name).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path, description = "The VM's name")), responses((status = 200, body = crate::VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn resume(State(rt): State<AppState>, Path(name): Path<String>) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(rt.resume(&name).await?))
 }
 
 /// Exits the daemon. VMs keep running (the next daemon re-adopts them)
 /// unless `stop_vms`, which first runs every VM's shutdown ladder.
+#[utoipa::path(post, path = "/v1/shutdown", tag = "daemon", params(types::ShutdownQuery), responses((status = 200, description = "The daemon exits", body = Object), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<ShutdownQuery>) -> Json<serde_json::Value> {
     let mut stopped = serde_json::Map::new();
     let mut suspended = serde_json::Map::new();
@@ -163,6 +229,7 @@ async fn shutdown(State(rt): State<AppState>, ValidQuery(q): ValidQuery<Shutdown
     Json(serde_json::json!({ "exiting": true, "stopped": stopped, "suspended": suspended }))
 }
 
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "The VM's name"), types::RemoveQuery), responses((status = 204, description = "Removed"), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 async fn remove(State(rt): State<AppState>, Path(name): Path<String>, ValidQuery(q): ValidQuery<RemoveQuery>) -> Result<StatusCode, ApiError> {
     rt.remove_with(&name, q.force.unwrap_or(false), q.volumes.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -11,7 +11,8 @@ use super::types::StartQuery;
 use super::AppState;
 use crate::{AfterSnapshot, SnapshotInfo, VmInfo};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
     /// The snapshot's name; `<vm>-<unix seconds>` by default.
@@ -29,7 +30,8 @@ impl QueryRules for SnapshotQuery {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreQuery {
     /// The new VM's name; the snapshotted VM's by default.
@@ -53,6 +55,7 @@ impl QueryRules for RestoreQuery {
     }
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshot", tag = "snapshots", params(("name" = String, Path, description = "The VM's name"), SnapshotQuery), responses((status = 201, description = "The snapshot is written", body = SnapshotInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn take(
     State(rt): State<AppState>,
     Path(name): Path<String>,
@@ -62,15 +65,18 @@ pub async fn take(
     Ok((StatusCode::CREATED, Json(rt.snapshot(&name, &snapshot, q.then.unwrap_or_default()).await?)))
 }
 
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", responses((status = 200, description = "Every snapshot", body = Vec<SnapshotInfo>), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn list(State(rt): State<AppState>) -> Json<Vec<SnapshotInfo>> {
     Json(rt.snapshots())
 }
 
+#[utoipa::path(delete, path = "/v1/snapshots/{snapshot}", tag = "snapshots", params(("snapshot" = String, Path, description = "The snapshot's name")), responses((status = 204, description = "Removed"), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn remove(State(rt): State<AppState>, Path(snapshot): Path<String>) -> Result<StatusCode, ApiError> {
     rt.remove_snapshot(&snapshot).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/snapshots/{snapshot}/restore", tag = "snapshots", params(("snapshot" = String, Path, description = "The snapshot's name"), RestoreQuery), responses((status = 201, description = "The new VM, started from the snapshot", body = VmInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
 pub async fn restore(
     State(rt): State<AppState>,
     Path(snapshot): Path<String>,

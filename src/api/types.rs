@@ -10,7 +10,8 @@ use crate::{SpecError, VmSpec, WaitFor};
 pub const DEFAULT_GRACEFUL_SECS: u64 = 30;
 pub const DEFAULT_START_TIMEOUT_SECS: u64 = 120;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StartQuery {
     pub wait: Option<WaitFor>,
@@ -49,6 +50,9 @@ impl QueryRules for RemoveQuery {
 
 impl QueryRules for ConsoleQuery {
     fn check(&self) -> Result<(), ApiError> {
+        if self.offset.is_some() && self.follow == Some(true) {
+            return Err(ApiError::invalid_request("offset", "`offset` reads what is written and returns; drop `follow=true` (or `offset`)"));
+        }
         Ok(())
     }
 }
@@ -59,13 +63,15 @@ impl QueryRules for EventsQuery {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StopQuery {
     pub timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     pub force: Option<bool>,
@@ -73,7 +79,8 @@ pub struct RemoveQuery {
     pub volumes: Option<bool>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownQuery {
     pub stop_vms: Option<bool>,
@@ -83,13 +90,18 @@ pub struct ShutdownQuery {
     pub timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleQuery {
     pub follow: Option<bool>,
+    /// Read the live console file from this byte (not with `follow`); see
+    /// `console_offset.rs`.
+    pub offset: Option<u64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub since: Option<u64>,
@@ -97,12 +109,12 @@ pub struct EventsQuery {
 }
 
 /// What every error response carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable kind: invalid_spec, invalid_request,
     /// not_found, conflict, busy, start_failed, unavailable, timeout,

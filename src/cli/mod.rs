@@ -6,9 +6,11 @@
 //! 7 the VM failed to start.
 
 mod console;
+mod docs;
 mod images;
 mod limits;
 mod snapshots;
+mod stats;
 mod table;
 mod vsock;
 
@@ -114,6 +116,20 @@ enum Command {
     },
     /// List VMs.
     Ps,
+    /// What each VM uses: CPU time, memory, disk and network I/O.
+    Stats {
+        /// One VM only.
+        name: Option<String>,
+    },
+    /// The stats table, refreshed, with CPU use between refreshes.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+    },
     /// Show one VM in full.
     Inspect { name: String },
     /// Print the serial console log.
@@ -188,6 +204,11 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Print a shell completion script (e.g. `paddock completions bash >
+    /// /etc/bash_completion.d/paddock`).
+    Completions { shell: docs::Shell },
+    /// Write the man pages (paddock.1, paddock-SUBCOMMAND.1) into DIR.
+    Manpages { dir: PathBuf },
     /// Follow the event stream (NDJSON with --json).
     Events {
         #[arg(long, default_value_t = 0)]
@@ -294,6 +315,17 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
+        Command::Completions { shell } => {
+            docs::completions(shell);
+            Ok(())
+        }
+        Command::Manpages { dir } => docs::manpages(&dir).map(|pages| {
+            if !json {
+                println!("{} man pages written to {}", pages.len(), dir.display());
+            }
+        }),
+        Command::Stats { name } => stats::stats(&client, json, name.as_deref()).await,
+        Command::Top { interval, iterations } => stats::top(&client, Duration::from_secs(interval.max(1)), iterations).await,
         Command::Inspect { name } => async {
             let info = client.get(&name).await?;
             println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());

@@ -14,7 +14,13 @@ pub fn vms(vms: &[VmInfo]) -> String {
             if v.addresses.is_empty() { "-".into() } else { v.addresses.join(", ") },
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    grid(rows.into_iter().map(Vec::from).collect())
+}
+
+/// Rows as left-aligned columns two spaces apart.
+pub fn grid(rows: Vec<Vec<String>>) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();

@@ -49,7 +49,7 @@ pub enum SnapshotError {
 }
 
 /// What `snapshot ls` shows and `restore` starts from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     pub name: String,
     /// The VM it was taken of.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::snapshot::{AfterSnapshot, SnapshotInfo};
 
 /// When a start request is answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WaitFor {
     /// As soon as the hypervisor reports the guest running.
@@ -24,7 +24,7 @@ pub enum WaitFor {
 }
 
 /// How a stop ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopOutcome {
     /// The ladder rung that ended the VM; none if it was not running.
     pub rung: Option<Rung>,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A rung of the shutdown ladder, in escalation order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Rung {
     /// ACPI power button (QMP `system_powerdown`).
@@ -53,7 +53,7 @@ impl Rung {
 }
 
 /// How the hypervisor process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExitInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
@@ -77,7 +77,7 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "phase", rename_all = "lowercase")]
 pub enum VmPhase {
     Defined,
