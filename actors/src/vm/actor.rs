@@ -49,6 +49,8 @@ pub struct VmDeps {
     pub instance: String,
     /// The daemon's console log bounds (a spec may override them).
     pub console_log: crate::bounds::ConsoleLogLimits,
+    /// How hypervisors are confined (identity, filter, limits).
+    pub confine: crate::confine::Confinement,
 }
 
 pub struct VmArgs {
@@ -467,7 +469,7 @@ impl VmState {
             _ => None,
         };
         let spec = self.materialize_disks(lease.as_ref()).await?;
-        let plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
+        let mut plan = self.backend.prepare(&spec, &self.paths, lease.as_ref())?;
         self.make_run_dir()?;
         crash_point!("start.after-dir");
         // Our own directory: sockets left by a previous run of this VM are
@@ -478,6 +480,7 @@ impl VmState {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         self.backend.before_spawn(&spec, &self.paths)?;
+        let jail = self.confine(&spec, &mut plan).await?;
         self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
         // QEMU appends each run to console.log: readiness counts from its
         // current end. Cloud Hypervisor truncates it at boot: from 0.
@@ -486,14 +489,14 @@ impl VmState {
             crate::spec::BackendKind::CloudHypervisor => 0,
         };
         let probe_target = crate::probe::target(&self.spec, lease.as_ref());
-        let vsock_device = match self.start_vsock_device(&plan).await {
+        let vsock_device = match self.start_vsock_device(&plan, jail.as_ref()).await {
             Ok(d) => d,
             Err(reason) => {
                 let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
-        let spawned = match process::spawn(&plan, &self.deps.instance) {
+        let spawned = match process::spawn(&plan, &self.deps.instance, jail.as_ref()) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = vsock_device {
@@ -561,12 +564,22 @@ impl VmState {
     /// The vhost-user vsock device, started before the hypervisor (which
     /// connects to it). One left by an earlier life of this VM (a daemon
     /// that died between the two) is stopped first.
-    async fn start_vsock_device(&self, plan: &LaunchPlan) -> std::result::Result<Option<crate::vsock::Device>, String> {
+    async fn start_vsock_device(&self, plan: &LaunchPlan, jail: Option<&crate::confine::Jail>) -> std::result::Result<Option<crate::vsock::Device>, String> {
         let Some(dp) = &plan.vsock_device else { return Ok(None) };
         if let Some(old) = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|pid| crate::vsock::Device::adopt(&self.name, pid)) {
             old.stop(&self.name).await;
         }
-        crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout).await.map(Some).map_err(|e| e.to_string())
+        let confined = jail.map(|j| j.child_setup());
+        crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout, confined).await.map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The VM's identity, files and filter (`confine`); None when off.
+    async fn confine(&self, spec: &VmSpec, plan: &mut LaunchPlan) -> Result<Option<crate::confine::Jail>> {
+        let disk_dir = crate::disks::vm_dir(&self.deps.state_dir, &self.name);
+        let input = crate::confine::jail::JailInputs { store: &self.deps.store, spec, original: &self.spec, disk_dir: &disk_dir, images: &self.deps.images };
+        crate::confine::jail::prepare(&self.deps.confine, input, plan)
+            .await
+            .map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })
     }
 
     /// The VM's run directory, stamped with our instance. One that another
