@@ -78,10 +78,21 @@ pub fn spawn_in_session(
 ) -> Result<Spawned, SpawnError> {
     let log = private_log(log_path, true)?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
-    let mut cmd = std::process::Command::new(program);
-    if let Some(arg0) = arg0 {
-        cmd.arg0(arg0);
-    }
+    // Confined: the daemon opens the program, the child executes it by
+    // descriptor (its directory may be closed to the VM's identity).
+    let program_fd = match confined {
+        Some(_) => Some(crate::confine::files::open_program(program).map_err(|source| exec_error(program, source))?),
+        None => None,
+    };
+    let confined = match (&program_fd, confined) {
+        (Some(fd), Some(setup)) => Some(setup.inherit(fd.as_raw_fd())),
+        (_, setup) => setup,
+    };
+    let mut cmd = match &program_fd {
+        Some(fd) => std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => std::process::Command::new(program),
+    };
+    cmd.arg0(arg0.unwrap_or(program.as_os_str()));
     if let Some(instance) = instance {
         cmd.env(crate::recovery::INSTANCE_ENV, instance);
     }

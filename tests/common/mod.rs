@@ -541,3 +541,10 @@ pub fn traversable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod o+x");
 }
+
+/// A directory every VM identity may write (sticky, like /tmp): where a
+/// fake hypervisor, confined like a real one, leaves its request log.
+pub fn writable_by_vms(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+}

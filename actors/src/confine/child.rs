@@ -31,6 +31,12 @@ impl ChildSetup {
         }
     }
 
+    /// One more descriptor the child keeps (e.g. its program's).
+    pub fn inherit(mut self, fd: RawFd) -> Self {
+        self.inherit.push(fd);
+        self
+    }
+
     pub fn join_cgroups(mut self, procs: &[OwnedFd]) -> Self {
         self.cgroup_procs = procs.iter().map(AsRawFd::as_raw_fd).collect();
         self

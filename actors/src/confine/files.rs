@@ -35,6 +35,27 @@ fn give(path: &Path, id: &Identity) -> Result<(), ConfineError> {
     std::os::unix::fs::lchown(path, Some(id.uid), Some(id.gid)).map_err(|source| ConfineError::Chown { path: path.to_path_buf(), uid: id.uid, source })
 }
 
+/// The program of a confined child, opened by the daemon: it may live
+/// where the VM's identity cannot pass (~/.cargo/bin under /root); the
+/// child executes `/proc/self/fd/N`. A bare name is looked up on PATH.
+pub fn open_program(program: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let path = if program.components().count() > 1 {
+        program.to_path_buf()
+    } else {
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&search)
+            .map(|d| d.join(program))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?
+    };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
+    if file.metadata()?.mode() & 0o001 == 0 {
+        return Err(std::io::Error::other(format!("{path:?} is not executable by other users; the unprivileged hypervisor runs it: chmod o+rx it")));
+    }
+    Ok(file.into())
+}
+
 /// One input: which spec field, where, and whether the VM writes it.
 struct Input {
     field: String,
