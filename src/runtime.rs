@@ -105,6 +105,8 @@ pub struct Runtime {
     exit: Arc<tokio::sync::Notify>,
     reaper: tokio::task::JoinHandle<()>,
     images: Arc<paddock_images::ImageCache>,
+    /// The state directory's identity (names the VMs' cgroups).
+    instance: String,
     /// One runtime per state directory and per run directory, for life.
     _locks: [crate::dir_lock::DirLock; 2],
 }
@@ -124,6 +126,7 @@ impl Runtime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = store.load_vms().await?;
         let instance = store.instance_id().await?;
+        let stats_instance = instance.clone();
         let events = EventBus::with_retention(store.clone(), config.bounds.events);
         // A history grown while no daemon ran (or under other bounds) is
         // trimmed before anyone replays it.
@@ -178,7 +181,7 @@ impl Runtime {
                 bus.prune().await;
             }
         });
-        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, _locks: locks })
+        Ok(Runtime { registry, registry_task, board, events, config, recovery, exit: Arc::default(), reaper, images, instance: stats_instance, _locks: locks })
     }
 
     /// What the start-up recovery found: adopted, lost and rolled-back VMs,
@@ -266,7 +269,11 @@ impl Runtime {
     }
 
     pub fn get(&self, name: &str) -> Result<VmInfo> {
-        self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })
+        let mut info = self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })?;
+        if info.pid.is_some() && self.config.confine.enabled() {
+            info.stats = paddock_actors::confine::stats(&self.instance, name);
+        }
+        Ok(info)
     }
 
     /// A connected stream to port `port` of the guest's vsock, on either

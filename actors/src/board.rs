@@ -36,6 +36,10 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<crate::vsock::VsockInfo>,
     pub console_log: PathBuf,
+    /// CPU time and memory (now, peak, cap) from the VM's cgroup while it
+    /// runs confined; read live by `inspect` / `GET /vms/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::confine::cgroup::CgroupStats>,
     pub spec: VmSpec,
 }
 

@@ -82,6 +82,10 @@ pub struct VmSpec {
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
+    /// What the VM's cgroup enforces (memory cap, CPU, pids, I/O).
+    #[serde(default, skip_serializing_if = "crate::confine::limits::Limits::is_default")]
+    #[builder(default)]
+    pub limits: crate::confine::limits::Limits,
 }
 
 /// A FAT service disk: the service's files and a launcher script whose
@@ -617,6 +621,7 @@ impl VmSpec {
         if let Some(c) = &self.console_log {
             crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
         }
+        self.limits.validate()?;
         if self.vcpus == 0 || self.vcpus > 255 {
             return Err(SpecError::new("vcpus", format!("must be between 1 and 255 (got {})", self.vcpus)));
         }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::cgroup::{CgroupError, VmCgroup, CGROUP_ROOT};
 use super::{files, identity, ConfineError, Confinement, Jail};
 use crate::backend::LaunchPlan;
 use crate::spec::{BackendKind, VmSpec};
@@ -21,6 +22,8 @@ pub struct JailInputs<'a> {
     /// the overlay reads through).
     pub original: &'a VmSpec,
     pub images: &'a paddock_images::ImageCache,
+    /// The daemon's instance: the cgroup is `paddock/<instance>/<vm>`.
+    pub instance: &'a str,
 }
 
 /// None when confinement is off. Mutates `plan` (inherited inputs,
@@ -38,6 +41,8 @@ pub async fn prepare(conf: &Confinement, input: JailInputs<'_>, plan: &mut Launc
         share_base_image(&base)?;
     }
     let inherited = files::pass_inputs(spec, input.disk_dir, &id, plan)?;
+    let cgroup = VmCgroup::on_host(input.instance, &spec.name).ok_or(ConfineError::Cgroup(CgroupError::NoHierarchy { root: CGROUP_ROOT.into() }))?;
+    let cgroup_procs = cgroup.create(&spec.limits, spec.memory_mib)?;
     if let Some(tap) = plan.network.as_ref().and_then(|n| n.tap.clone()) {
         paddock_net::tap::set_owner(&tap, id.uid, id.gid).map_err(|source| ConfineError::Tap { tap, uid: id.uid, source })?;
     }
@@ -45,8 +50,8 @@ pub async fn prepare(conf: &Confinement, input: JailInputs<'_>, plan: &mut Launc
         plan.args.push("-sandbox".into());
         plan.args.push(QEMU_SANDBOX.into());
     }
-    tracing::info!(vm = %spec.name, uid = id.uid, gid = id.gid, groups = ?id.groups, inherited = inherited.len(), "hypervisor confined");
-    Ok(Some(Jail { identity: id, inherited }))
+    tracing::info!(vm = %spec.name, uid = id.uid, gid = id.gid, groups = ?id.groups, inherited = inherited.len(), cgroup = ?cgroup.dir("memory"), "hypervisor confined");
+    Ok(Some(Jail { identity: id, inherited, cgroup_procs }))
 }
 
 /// A pulled image is shared by every VM booted from it, read-only: world

@@ -8,10 +8,12 @@
 //! `Confinement::off()` (`paddock serve --no-confine`) keeps the old root
 //! hypervisors for debugging; the daemon logs it at start.
 
+pub mod cgroup;
 pub mod child;
 pub mod files;
 pub mod identity;
 pub mod jail;
+pub mod limits;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub enum ConfineError {
         #[source]
         source: paddock_net::Error,
     },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("{path:?} is not traversable by other users (mode {mode:o}); the unprivileged hypervisors reach their files through it: chmod o+x it (or serve with --no-confine)")]
     Untraversable { path: PathBuf, mode: u32 },
 }
@@ -89,12 +93,14 @@ pub struct Jail {
     /// them `/proc/self/fd/N` (reachable whatever the directories above
     /// them allow).
     pub inherited: Vec<OwnedFd>,
+    /// `cgroup.procs` of the VM's cgroup, joined before exec.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 impl Jail {
     /// The settings the forked child applies (plain numbers, no allocation).
     pub fn child_setup(&self) -> child::ChildSetup {
-        child::ChildSetup::new(&self.identity, &self.inherited)
+        child::ChildSetup::new(&self.identity, &self.inherited).join_cgroups(&self.cgroup_procs)
     }
 }
 
@@ -123,3 +129,21 @@ pub fn open_for_traversal(dir: &Path) -> std::io::Result<()> {
 }
 
 pub const TRAVERSE_MODE: u32 = 0o711;
+
+/// Why a VM's hypervisor ended, when confinement knows (its cgroup's OOM
+/// killer); None otherwise.
+pub fn exit_fault(instance: &str, vm: &str) -> Option<String> {
+    cgroup::VmCgroup::on_host(instance, vm).and_then(|cg| cgroup::oom_fault(&cg))
+}
+
+/// The VM's cgroup statistics while it runs (None without a cgroup).
+pub fn stats(instance: &str, vm: &str) -> Option<cgroup::CgroupStats> {
+    cgroup::VmCgroup::on_host(instance, vm).and_then(|cg| cg.stats())
+}
+
+/// Removes the VM's (empty) cgroup, and the instance's when it was the last.
+pub fn remove_cgroup(instance: &str, vm: &str) {
+    if let Some(cg) = cgroup::VmCgroup::on_host(instance, vm) {
+        cg.remove();
+    }
+}

@@ -364,6 +364,7 @@ impl VmState {
             network: self.run.as_ref().and_then(|r| r.plan.network.clone()),
             vsock: self.run.as_ref().and_then(|r| r.plan.vsock.clone()),
             console_log: self.paths.console_log.clone(),
+            stats: None,
             spec: self.spec.clone(),
         }
     }
@@ -573,10 +574,22 @@ impl VmState {
         crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout, confined).await.map(Some).map_err(|e| e.to_string())
     }
 
+    /// The cgroup's OOM killer as the reason of an exit (confined VMs).
+    fn confined_fault(&self) -> Option<String> {
+        self.deps.confine.enabled().then(|| crate::confine::exit_fault(&self.deps.instance, &self.name)).flatten()
+    }
+
     /// The VM's identity, files and filter (`confine`); None when off.
     async fn confine(&self, spec: &VmSpec, plan: &mut LaunchPlan) -> Result<Option<crate::confine::Jail>> {
         let disk_dir = crate::disks::vm_dir(&self.deps.state_dir, &self.name);
-        let input = crate::confine::jail::JailInputs { store: &self.deps.store, spec, original: &self.spec, disk_dir: &disk_dir, images: &self.deps.images };
+        let input = crate::confine::jail::JailInputs {
+            store: &self.deps.store,
+            spec,
+            original: &self.spec,
+            disk_dir: &disk_dir,
+            images: &self.deps.images,
+            instance: &self.deps.instance,
+        };
         crate::confine::jail::prepare(&self.deps.confine, input, plan)
             .await
             .map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })
@@ -836,7 +849,7 @@ impl VmState {
         self.remove_stale_sockets();
         // The hypervisor's own record can turn a clean-looking exit into a
         // failure (CH exits 0 after a fatal vCPU error).
-        let fault = self.backend.exit_fault(&self.paths, &exit);
+        let fault = self.backend.exit_fault(&self.paths, &exit).or_else(|| self.confined_fault());
         let failure = run.is_failure(&exit) || fault.is_some();
         let uptime = run.started.elapsed();
         match self.phase.clone() {
@@ -1326,6 +1339,7 @@ impl VmState {
     /// left of them.
     async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
         let mut incomplete = Vec::new();
+        crate::confine::remove_cgroup(&self.deps.instance, &self.name);
         if let Err(e) = crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance) {
             incomplete.push(format!("run directory: {e}"));
         }
