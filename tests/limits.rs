@@ -90,7 +90,7 @@ fn a_vm_over_its_memory_cap_is_killed_and_reported_as_an_oom_crash_then_restarte
     // Guest RAM (256) + overhead = booted use + 48 MiB: the guest filling
     // 160 MiB of its RAM drives the hypervisor over it.
     let overhead = (used + 48).saturating_sub(256).max(1);
-    spec.limits.memory_overhead_mib = overhead;
+    spec.limits.memory_overhead_mib = Some(overhead);
     println!("a booted guest used {used} MiB; cap {} MiB", 256 + overhead);
     let info = block_on(d.client.up(&spec, WaitFor::Ready, 120)).expect("up");
     let pid = info.pid.expect("pid");

@@ -51,6 +51,78 @@ impl Layout {
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// Where the host's hierarchy is seen from here, found once. `ip netns
+/// exec` mounts a fresh sysfs over /sys, hiding /sys/fs/cgroup: then the
+/// same hierarchy is reached through init's root.
+pub fn host_layout() -> Option<Layout> {
+    static LAYOUT: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let found = Layout::detect(Path::new(CGROUP_ROOT)).ok().or_else(mount_private);
+            match &found {
+                Some(l) => tracing::info!(layout = ?l, "cgroup hierarchy"),
+                None => tracing::warn!("no cgroup hierarchy at {CGROUP_ROOT} and none could be mounted; confined VMs cannot start"),
+            }
+            found
+        })
+        .clone()
+}
+
+/// Where the daemon mounts the hierarchy when /sys/fs/cgroup is hidden.
+const PRIVATE_CGROUP_ROOT: &str = "/run/paddock-cgroup";
+
+/// Mounts the host's hierarchy (the same one: v1 hierarchies are shared
+/// by their controller set) in our mount namespace. Which version: v1
+/// when /proc/self/cgroup names controllers, else v2.
+fn mount_private() -> Option<Layout> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let root = Path::new(PRIVATE_CGROUP_ROOT);
+    let v1: Vec<&str> = own.lines().filter_map(|l| l.split(':').nth(1)).filter(|c| !c.is_empty() && !c.starts_with("name=")).collect();
+    let mounted = if v1.is_empty() {
+        mount_one(root, "cgroup2", "")
+    } else {
+        // A joint hierarchy (cpu,cpuacct) is mounted once per name.
+        let mut ok = true;
+        for set in v1 {
+            let dir = root.join(set);
+            ok &= mount_one(&dir, "cgroup", set);
+            for c in set.split(',').filter(|c| *c != set) {
+                let _ = std::os::unix::fs::symlink(set, root.join(c));
+            }
+        }
+        ok
+    };
+    if !mounted {
+        return None;
+    }
+    tracing::info!(root = PRIVATE_CGROUP_ROOT, "mounted the cgroup hierarchy (hidden at {CGROUP_ROOT}, e.g. under `ip netns exec`)");
+    Layout::detect(root).ok()
+}
+
+fn mount_one(dir: &Path, fstype: &str, options: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    if dir.join("cgroup.procs").exists() {
+        return true; // mounted by an earlier start in this namespace
+    }
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let (Ok(src), Ok(target), Ok(fs), Ok(opts)) = (
+        std::ffi::CString::new(fstype),
+        std::ffi::CString::new(dir.as_os_str().as_bytes()),
+        std::ffi::CString::new(fstype),
+        std::ffi::CString::new(options),
+    ) else {
+        return false;
+    };
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, opts.as_ptr().cast()) };
+    if r != 0 {
+        tracing::warn!(dir = ?dir, fstype, options, error = %std::io::Error::last_os_error(), "cannot mount the cgroup hierarchy");
+    }
+    r == 0
+}
+
 /// v1 controllers, each its own hierarchy.
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
 
@@ -71,7 +143,7 @@ impl VmCgroup {
 
     /// The VM's cgroup on this host, if it has a hierarchy.
     pub fn on_host(instance: &str, vm: &str) -> Option<Self> {
-        Layout::detect(Path::new(CGROUP_ROOT)).ok().map(|l| Self::new(l, instance, vm))
+        host_layout().map(|l| Self::new(l, instance, vm))
     }
 
     /// The directory of `controller` (v2: the one directory).
@@ -91,9 +163,9 @@ impl VmCgroup {
         }
     }
 
-    /// The files that carry `limits` for a guest of `memory_mib`.
-    pub fn settings(&self, limits: &Limits, memory_mib: u64) -> Vec<Setting> {
-        let mem = limits.memory_max_bytes(memory_mib).to_string();
+    /// The files that carry `limits` with a memory cap of `memory_max`.
+    pub fn settings(&self, limits: &Limits, memory_max: u64) -> Vec<Setting> {
+        let mem = memory_max.to_string();
         let mut s: Vec<Setting> = Vec::new();
         match self.layout {
             Layout::V1 { .. } => {
@@ -135,7 +207,7 @@ impl VmCgroup {
     /// Creates the cgroup afresh (a previous run's counters gone when it
     /// is empty), writes the limits and opens each `cgroup.procs` for the
     /// child to join before it execs.
-    pub fn create(&self, limits: &Limits, memory_mib: u64) -> Result<Vec<OwnedFd>, CgroupError> {
+    pub fn create(&self, limits: &Limits, memory_max: u64) -> Result<Vec<OwnedFd>, CgroupError> {
         for (_, dir) in self.dirs() {
             // Empty from the last run: start counters (oom_kill, peak) at 0.
             let _ = std::fs::remove_dir(&dir);
@@ -144,7 +216,7 @@ impl VmCgroup {
         if let Layout::V2 { root } = &self.layout {
             enable_v2_controllers(root, &self.rel)?;
         }
-        for (controller, file, value) in self.settings(limits, memory_mib) {
+        for (controller, file, value) in self.settings(limits, memory_max) {
             let path = self.dir(controller).join(file);
             if file == "memory.memsw.limit_in_bytes" && !path.exists() {
                 continue; // no swap accounting on this kernel
@@ -274,7 +346,7 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { memory_overhead_mib: 64, cpu_weight: Some(200), cpu_max: Some(1.5), pids_max: 100, io_weight: Some(500) }
+        Limits { memory_overhead_mib: Some(64), cpu_weight: Some(200), cpu_max: Some(1.5), pids_max: 100, io_weight: Some(500) }
     }
 
     #[test]
@@ -282,7 +354,7 @@ mod tests {
         let cg = VmCgroup::new(Layout::V1 { root: "/cg".into() }, "inst", "web");
         assert_eq!(cg.dir("memory"), Path::new("/cg/memory/paddock/inst/web"));
         assert_eq!(cg.dir("pids"), Path::new("/cg/pids/paddock/inst/web"));
-        let s = cg.settings(&limits(), 128);
+        let s = cg.settings(&limits(), limits().memory_max_bytes(128, false));
         let get = |f: &str| s.iter().find(|(_, n, _)| *n == f).map(|(_, _, v)| v.clone()).unwrap();
         assert_eq!(get("memory.limit_in_bytes"), (192u64 << 20).to_string());
         assert_eq!(get("pids.max"), "100");
@@ -296,14 +368,14 @@ mod tests {
         let cg = VmCgroup::new(Layout::V2 { root: "/cg".into() }, "inst", "web");
         assert_eq!(cg.dir("memory"), Path::new("/cg/paddock/inst/web"));
         assert_eq!(cg.dir("cpu"), cg.dir("pids"), "one directory in v2");
-        let s = cg.settings(&limits(), 128);
+        let s = cg.settings(&limits(), limits().memory_max_bytes(128, false));
         let get = |f: &str| s.iter().find(|(_, n, _)| *n == f).map(|(_, _, v)| v.clone()).unwrap();
         assert_eq!(get("memory.max"), (192u64 << 20).to_string());
         assert_eq!(get("memory.swap.max"), "0");
         assert_eq!(get("cpu.weight"), "200");
         assert_eq!(get("cpu.max"), "150000 100000");
         assert_eq!(get("io.weight"), "default 500");
-        let defaults = cg.settings(&Limits::default(), 128);
+        let defaults = cg.settings(&Limits::default(), 1 << 30);
         assert!(!defaults.iter().any(|(_, f, _)| f.starts_with("cpu.") || f.starts_with("io.")), "unset limits are not written");
     }
 
@@ -314,8 +386,11 @@ mod tests {
         assert_eq!(Layout::detect(root.path()).unwrap(), Layout::V2 { root: root.path().into() });
         let cg = VmCgroup::new(Layout::V2 { root: root.path().into() }, "inst", "web");
         // A plain directory stands in for cgroupfs: each write replaces the
-        // file, so the last controller enabled is what remains.
-        cg.create(&limits(), 128).unwrap();
+        // file, so the last controller enabled is what remains; the kernel
+        // would make cgroup.procs.
+        std::fs::create_dir_all(cg.dir("")).unwrap();
+        std::fs::write(cg.dir("").join("cgroup.procs"), "").unwrap();
+        cg.create(&limits(), limits().memory_max_bytes(128, false)).unwrap();
         assert_eq!(std::fs::read_to_string(root.path().join("paddock/cgroup.subtree_control")).unwrap(), "+io");
         assert_eq!(std::fs::read_to_string(root.path().join("paddock/inst/cgroup.subtree_control")).unwrap(), "+io");
         assert!(!root.path().join("paddock/inst/web/cgroup.subtree_control").exists(), "not the leaf");

@@ -42,7 +42,8 @@ pub async fn prepare(conf: &Confinement, input: JailInputs<'_>, plan: &mut Launc
     }
     let inherited = files::pass_inputs(spec, input.disk_dir, &id, plan)?;
     let cgroup = VmCgroup::on_host(input.instance, &spec.name).ok_or(ConfineError::Cgroup(CgroupError::NoHierarchy { root: CGROUP_ROOT.into() }))?;
-    let cgroup_procs = cgroup.create(&spec.limits, spec.memory_mib)?;
+    let tcg = plan.accel == crate::spec::Accel::Tcg;
+    let cgroup_procs = cgroup.create(&spec.limits, spec.limits.memory_max_bytes(spec.memory_mib, tcg))?;
     if let Some(tap) = plan.network.as_ref().and_then(|n| n.tap.clone()) {
         paddock_net::tap::set_owner(&tap, id.uid, id.gid).map_err(|source| ConfineError::Tap { tap, uid: id.uid, source })?;
     }

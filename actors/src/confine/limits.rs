@@ -4,18 +4,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
 
-/// The hypervisor's own memory on top of guest RAM (device model, TCG
-/// translation cache, buffers) that the cap allows by default.
+/// The hypervisor's own memory on top of guest RAM (device model,
+/// buffers) that the cap allows by default with KVM.
 pub const DEFAULT_OVERHEAD_MIB: u64 = 256;
+/// Under TCG QEMU also fills a translation cache of up to 1 GiB.
+pub const DEFAULT_TCG_OVERHEAD_MIB: u64 = 1280;
 pub const DEFAULT_PIDS_MAX: u64 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Memory cap = `memory_mib` + this. Over it the kernel kills the
-    /// hypervisor (reported as a crash, reason OOM).
-    #[serde(default = "default_overhead")]
-    pub memory_overhead_mib: u64,
+    /// Memory cap = `memory_mib` + this (default 256, 1280 under TCG).
+    /// Over it the kernel kills the hypervisor (a crash, reason OOM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_overhead_mib: Option<u64>,
     /// Relative CPU share, 1..=10000 (100 is the default of every cgroup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_weight: Option<u32>,
@@ -30,17 +32,13 @@ pub struct Limits {
     pub io_weight: Option<u32>,
 }
 
-fn default_overhead() -> u64 {
-    DEFAULT_OVERHEAD_MIB
-}
-
 fn default_pids() -> u64 {
     DEFAULT_PIDS_MAX
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_overhead_mib: DEFAULT_OVERHEAD_MIB, cpu_weight: None, cpu_max: None, pids_max: DEFAULT_PIDS_MAX, io_weight: None }
+        Limits { memory_overhead_mib: None, cpu_weight: None, cpu_max: None, pids_max: DEFAULT_PIDS_MAX, io_weight: None }
     }
 }
 
@@ -50,13 +48,14 @@ impl Limits {
     }
 
     /// The cap in bytes for a guest of `memory_mib`.
-    pub fn memory_max_bytes(&self, memory_mib: u64) -> u64 {
-        (memory_mib + self.memory_overhead_mib) << 20
+    pub fn memory_max_bytes(&self, memory_mib: u64, tcg: bool) -> u64 {
+        let default = if tcg { DEFAULT_TCG_OVERHEAD_MIB } else { DEFAULT_OVERHEAD_MIB };
+        (memory_mib + self.memory_overhead_mib.unwrap_or(default)) << 20
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.memory_overhead_mib > 1 << 20 {
-            return Err(SpecError::new("limits.memory_overhead_mib", format!("{} MiB is more than 1 TiB", self.memory_overhead_mib)));
+        if let Some(o) = self.memory_overhead_mib.filter(|o| *o > 1 << 20) {
+            return Err(SpecError::new("limits.memory_overhead_mib", format!("{o} MiB is more than 1 TiB")));
         }
         for (field, w) in [("limits.cpu_weight", self.cpu_weight), ("limits.io_weight", self.io_weight)] {
             if let Some(w) = w {
@@ -95,6 +94,8 @@ mod tests {
             assert!(e.contains(field), "{l:?}: {e}");
         }
         assert!(Limits::default().validate().is_ok());
-        assert_eq!(Limits::default().memory_max_bytes(128), 384 << 20);
+        assert_eq!(Limits::default().memory_max_bytes(128, false), 384 << 20);
+        assert_eq!(Limits::default().memory_max_bytes(128, true), (128 + 1280) << 20);
+        assert_eq!(Limits { memory_overhead_mib: Some(16), ..Limits::default() }.memory_max_bytes(128, true), 144 << 20);
     }
 }
