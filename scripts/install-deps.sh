@@ -30,6 +30,24 @@ find_missing() {
 
 as_root=()
 [[ $EUID -eq 0 ]] || as_root=(sudo)
+
+# Confined hypervisors run unprivileged and reach /dev/kvm through the kvm
+# group, as Debian's udev rule sets it up (GROUP="kvm", MODE="0660"); a
+# machine without udev (a container) gets the same by hand.
+if [[ -e /dev/kvm ]]; then
+    getent group kvm >/dev/null || "${as_root[@]}" groupadd --system kvm
+    if [[ "$(stat -c '%G %a' /dev/kvm)" != "kvm 660" ]]; then
+        echo "install-deps: giving /dev/kvm to group kvm, mode 0660" >&2
+        "${as_root[@]}" chgrp kvm /dev/kvm
+        "${as_root[@]}" chmod 0660 /dev/kvm
+    fi
+fi
+# They open their persistent TAP (owned by their uid) through /dev/net/tun,
+# 0666 by udev's default rule.
+if [[ -e /dev/net/tun && "$(stat -c '%a' /dev/net/tun)" != "666" ]]; then
+    echo "install-deps: /dev/net/tun mode 0666 (udev's default)" >&2
+    "${as_root[@]}" chmod 0666 /dev/net/tun
+fi
 updated=0
 # Two passes: installing one package can remove another that was there
 # before (a machine image with a backported qemu-utils loses it to Debian's

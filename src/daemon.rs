@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub api: crate::api::server::ApiLimits,
     /// Console log size bounds and event retention.
     pub bounds: crate::Bounds,
+    /// How hypervisors are confined (`--no-confine` turns it off).
+    pub confine: paddock_actors::confine::Confinement,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     cfg.control_timeout = opts.control_timeout;
     cfg.net = opts.net.clone();
     cfg.bounds = opts.bounds;
+    cfg.confine = opts.confine.clone();
     let listener = bind(&opts.socket).await?;
     let runtime = match Runtime::start(cfg).await {
         Ok(r) => Arc::new(r),

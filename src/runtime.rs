@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     pub net: paddock_actors::netmgr::NetConfig,
     /// Console log sizes (defaults; a spec may override) and event retention.
     pub bounds: paddock_actors::Bounds,
+    /// Hypervisors as unprivileged identities with a syscall filter and
+    /// limits (the default); `Confinement::off()` only for debugging.
+    pub confine: paddock_actors::confine::Confinement,
 }
 
 impl RuntimeConfig {
@@ -53,8 +56,29 @@ impl RuntimeConfig {
             control_timeout: Duration::from_secs(10),
             net: paddock_actors::netmgr::NetConfig::default(),
             bounds: paddock_actors::Bounds::default(),
+            confine: paddock_actors::confine::Confinement::default(),
         }
     }
+}
+
+/// With confinement, the VM identities pass through the state and run
+/// directories (0711: traversable, not listable) to their own 0700
+/// directories; every parent must let them through too.
+fn open_for_vms(config: &RuntimeConfig) -> Result<()> {
+    use paddock_actors::confine;
+    let Some(mode) = &config.confine.identity else {
+        tracing::warn!("confinement is OFF (--no-confine): hypervisors run as root with every capability and no syscall filter");
+        return Ok(());
+    };
+    confine::identity::validate(mode).map_err(|e| Error::io("confinement".to_string(), std::io::Error::other(e)))?;
+    let vms = paddock_actors::disks::vm_dir(&config.state_dir, "");
+    paddock_actors::private_dir::ensure_private_dir(&vms).map_err(|e| Error::io(format!("cannot create {vms:?}"), e))?;
+    for dir in [&config.state_dir, &config.run_dir, &vms] {
+        confine::open_for_traversal(dir).map_err(|e| Error::io(format!("cannot chmod {dir:?}"), e))?;
+        confine::check_traversable(dir).map_err(|e| Error::io("confinement".to_string(), std::io::Error::other(e.to_string())))?;
+    }
+    tracing::info!(identity = ?mode, "confinement on: hypervisors run unprivileged, without capabilities, filtered");
+    Ok(())
 }
 
 /// Extra time allowed for a request beyond the work it asks for.
@@ -86,6 +110,8 @@ pub struct Runtime {
     metrics: crate::metrics::Metrics,
     /// Drains the event stream into the metrics between scrapes.
     metrics_task: tokio::task::JoinHandle<()>,
+    /// The state directory's identity (names the VMs' cgroups).
+    instance: String,
     /// One runtime per state directory and per run directory, for life.
     _locks: [crate::dir_lock::DirLock; 2],
 }
@@ -99,12 +125,14 @@ impl Runtime {
             // Made by an older version, or by hand: other users lose access.
             paddock_actors::private_dir::tighten_tree(dir);
         }
+        open_for_vms(&config)?;
         let locks = [lock(&config.state_dir)?, lock(&config.run_dir)?];
         let store = Store::open(&config.state_dir.join("paddock.db"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let recovery_began = std::time::Instant::now();
         let records = store.load_vms().await?;
         let instance = store.instance_id().await?;
+        let stats_instance = instance.clone();
         let events = EventBus::with_retention(store.clone(), config.bounds.events);
         // A history grown while no daemon ran (or under other bounds) is
         // trimmed before anyone replays it.
@@ -144,6 +172,7 @@ impl Runtime {
             state_dir: config.state_dir.clone(),
             instance,
             console_log: config.bounds.console_log,
+            confine: config.confine.clone(),
             recovered: Some(tx),
         };
         let (registry, registry_task) = Actor::spawn(None, RegistryActor, args)
@@ -201,6 +230,7 @@ impl Runtime {
             idempotency: Default::default(),
             metrics,
             metrics_task,
+            instance: stats_instance,
             _locks: locks,
         })
     }
@@ -451,7 +481,11 @@ impl Runtime {
     }
 
     pub fn get(&self, name: &str) -> Result<VmInfo> {
-        self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })
+        let mut info = self.board.get(name).ok_or_else(|| Error::NotFound { name: name.to_string() })?;
+        if info.pid.is_some() && self.config.confine.enabled() {
+            info.stats = paddock_actors::confine::stats(&self.instance, name);
+        }
+        Ok(info)
     }
 
     /// A connected stream to port `port` of the guest's vsock, on either

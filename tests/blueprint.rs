@@ -63,6 +63,8 @@ fn run_example_in_a_netns(guest: Option<&str>) {
     let service = service::guest_service();
     let lab = NetLab::new();
     let dir = tempfile::Builder::new().prefix("bp").tempdir_in("/tmp").expect("tempdir");
+    // The confined hypervisors pass through it to their own directories.
+    traversable(dir.path());
     let me = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.host])

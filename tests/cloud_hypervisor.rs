@@ -97,6 +97,8 @@ impl Ch {
     fn start_env(test: &str, flags: &str, envs: &[(&str, &str)]) -> Ch {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("fake-ch.log");
+        // The fake runs as its VM's unprivileged identity and writes here.
+        writable_by_vms(logdir.path());
         let real = real_binary();
         report::record(test, match &real {
             Some(b) => format!("real ({})", b.display()),

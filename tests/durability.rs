@@ -49,10 +49,16 @@ async fn disk_full_after_spawn_answers_an_error_and_leaves_nothing() {
     let keep = d.client.up(&fake_spec(&d, "keep"), WaitFor::Running, 30).await.expect("up keep").pid.expect("pid");
 
     // From now on every fake hypervisor fills the state disk as it starts.
-    let filler = d.state_dir().join("filler");
+    // The fake runs as its VM's unprivileged identity: it fills the disk
+    // from a directory it may write (made after the daemon's start, which
+    // tightens what it finds in the state dir).
+    let fill_dir = d.state_dir().join("fill");
+    let filler = fill_dir.join("filler");
     d.kill9();
     d.envs.push(("PADDOCK_FAKE_QEMU".into(), format!("fill={}", filler.display())));
     d.spawn();
+    std::fs::create_dir(&fill_dir).expect("mkdir fill");
+    writable_by_vms(&fill_dir);
     let spec = with_data_disk(fake_spec(&d, "full"), 1);
     let err = d.client.up(&spec, WaitFor::Running, 30).await.expect_err("up must fail when its VM cannot be recorded");
     println!("up on a full disk: {err}");

@@ -186,6 +186,8 @@ async fn a_cloud_hypervisor_vm_gets_the_same_lease() {
     let lab = NetLab::new();
     let logdir = tempfile::tempdir().expect("tmp");
     let log = logdir.path().join("fake-ch.log");
+    // The fake runs as its VM's unprivileged identity and writes here.
+    writable_by_vms(logdir.path());
     // The real binary when CLOUD_HYPERVISOR_BIN is set (it opens the TAP
     // itself; its guest may not run here, so no readiness), else the fake.
     let real = std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty());

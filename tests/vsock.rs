@@ -120,6 +120,13 @@ async fn vsock_round_trip_survives_a_daemon_restart_and_the_device_ends_with_its
     // Guest -> host: the guest dials host port 6000, which arrives on
     // `vsock.sock_6000` next to the hybrid socket.
     let listener = std::os::unix::net::UnixListener::bind(d.run_dir().join("vs1/vsock.sock_6000")).expect("bind vsock.sock_6000");
+    // The device runs as the VM's identity (the owner of its run dir):
+    // a host listener is for that VM only when that identity may connect.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let owner = std::fs::metadata(d.run_dir().join("vs1")).expect("stat run dir");
+        std::os::unix::fs::chown(d.run_dir().join("vs1/vsock.sock_6000"), Some(owner.uid()), Some(owner.gid())).expect("chown listener");
+    }
     let (code, out, err) = cli_vsock(&d, "vs1", PORT, "dial 6000 hello from the guest\n", 1);
     assert_eq!((code, out.as_str()), (0, "\"ok\"\n"), "{err}");
     listener.set_nonblocking(false).expect("blocking");

@@ -32,13 +32,29 @@ impl HostFacts {
             .write(true)
             .open("/dev/kvm")
             .err()
-            .map(|e| e.to_string());
+            .map(|e| e.to_string())
+            .or_else(unprivileged_kvm_error);
         HostFacts {
             kvm_open_error,
             cpuinfo: std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
             modules: std::fs::read_to_string("/proc/modules").unwrap_or_default(),
         }
     }
+}
+
+/// Confined hypervisors open /dev/kvm as their own identity: through the
+/// kvm group (see `confine::identity::kvm_group`) or world access.
+fn unprivileged_kvm_error() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata("/dev/kvm").ok()?;
+    let open_to_others = meta.mode() & 0o006 == 0o006;
+    (crate::confine::identity::kvm_group().is_none() && !open_to_others).then(|| {
+        format!(
+            "/dev/kvm (mode {:o}, gid {}) is closed to the unprivileged hypervisors; give it to group kvm with mode 0660 (Debian's udev rule; scripts/install-deps.sh)",
+            meta.mode() & 0o777,
+            meta.gid()
+        )
+    })
 }
 
 pub fn decide(facts: &HostFacts) -> HostAccel {

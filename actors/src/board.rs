@@ -37,6 +37,10 @@ pub struct VmInfo {
     pub vsock: Option<crate::vsock::VsockInfo>,
     #[schema(value_type = String)]
     pub console_log: PathBuf,
+    /// CPU time and memory (now, peak, cap) from the VM's cgroup while it
+    /// runs confined; read live by `inspect` / `GET /vms/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::confine::cgroup::CgroupStats>,
     pub spec: VmSpec,
 }
 

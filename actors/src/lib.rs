@@ -17,6 +17,7 @@ pub mod backend;
 pub mod board;
 pub mod bounds;
 pub mod cloud_hypervisor;
+pub mod confine;
 pub mod console;
 pub mod console_log;
 pub mod control;

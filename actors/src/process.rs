@@ -53,11 +53,17 @@ pub struct Spawned {
 /// Spawns `plan` in a new session. The argv is a vector; no shell.
 /// `instance` is stamped into its environment (`recovery::INSTANCE_ENV`)
 /// so that adoption and the orphan scan recognise whose it is.
-pub fn spawn(plan: &LaunchPlan, instance: &str) -> Result<Spawned, SpawnError> {
+/// With `jail`, it runs confined (see `confine`).
+pub fn spawn(plan: &LaunchPlan, instance: &str, jail: Option<&crate::confine::Jail>) -> Result<Spawned, SpawnError> {
     // The hypervisor creates the console log itself (mode 0666 less its
     // umask); made here first, it keeps our mode whoever opens it.
-    private_log(&plan.paths.console_log, false)?;
-    spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log, Some(instance))
+    let console = private_log(&plan.paths.console_log, false)?;
+    if let Some(j) = jail {
+        // A confined hypervisor opens it by path as its own uid.
+        std::os::unix::fs::fchown(&console, Some(j.identity.uid), Some(j.identity.gid))
+            .map_err(|source| SpawnError::Log { path: plan.paths.console_log.clone(), source })?;
+    }
+    spawn_in_session(&plan.program, plan.arg0.as_deref(), &plan.args, &plan.paths.stderr_log, Some(instance), jail.map(|j| j.child_setup()))
 }
 
 /// Spawns `program` (argv[0] `arg0` if given) in a new session, stdin
@@ -68,13 +74,25 @@ pub fn spawn_in_session(
     args: &[std::ffi::OsString],
     log_path: &std::path::Path,
     instance: Option<&str>,
+    confined: Option<crate::confine::child::ChildSetup>,
 ) -> Result<Spawned, SpawnError> {
     let log = private_log(log_path, true)?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Log { path: log_path.to_path_buf(), source })?;
-    let mut cmd = std::process::Command::new(program);
-    if let Some(arg0) = arg0 {
-        cmd.arg0(arg0);
-    }
+    // Confined: the daemon opens the program, the child executes it by
+    // descriptor (its directory may be closed to the VM's identity).
+    let program_fd = match confined {
+        Some(_) => Some(crate::confine::files::open_program(program).map_err(|source| exec_error(program, source))?),
+        None => None,
+    };
+    let confined = match (&program_fd, confined) {
+        (Some(fd), Some(setup)) => Some(setup.inherit(fd.as_raw_fd())),
+        (_, setup) => setup,
+    };
+    let mut cmd = match &program_fd {
+        Some(fd) => std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => std::process::Command::new(program),
+    };
+    cmd.arg0(arg0.unwrap_or(program.as_os_str()));
     if let Some(instance) = instance {
         cmd.env(crate::recovery::INSTANCE_ENV, instance);
     }
@@ -84,13 +102,17 @@ pub fn spawn_in_session(
     // process group, so signals aimed at the supervisor never reach it.
     // umask is async-signal-safe too: files the hypervisor creates (its
     // event monitor, sockets, a console log made anew) are not
-    // world-readable.
+    // world-readable. `ChildSetup::apply` makes only raw syscalls on
+    // numbers prepared before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::umask(CHILD_UMASK);
+            if let Some(setup) = &confined {
+                setup.apply()?;
+            }
             Ok(())
         });
     }

@@ -85,6 +85,7 @@ pub struct RegistryArgs {
     pub instance: String,
     /// The daemon's console log bounds (a spec may override them).
     pub console_log: crate::bounds::ConsoleLogLimits,
+    pub confine: crate::confine::Confinement,
     /// Receives the report once every recorded VM is adopted or handled
     /// and orphans are stopped (the daemon sends READY=1 then).
     pub recovered: Option<tokio::sync::oneshot::Sender<RecoveryReport>>,
@@ -116,6 +117,7 @@ impl Actor for RegistryActor {
             state_dir: a.state_dir,
             instance: a.instance,
             console_log: a.console_log,
+            confine: a.confine,
         });
         let mut st = RegistryState { vms: HashMap::new(), backends: a.backends, deps };
         let mut pass = RecoveryPass::default();

@@ -87,6 +87,10 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
     #[builder(default)]
     pub labels: crate::labels::Labels,
+    /// What the VM's cgroup enforces (memory cap, CPU, pids, I/O).
+    #[serde(default, skip_serializing_if = "crate::confine::limits::Limits::is_default")]
+    #[builder(default)]
+    pub limits: crate::confine::limits::Limits,
 }
 
 /// A FAT service disk: the service's files and a launcher script whose
@@ -634,6 +638,7 @@ impl VmSpec {
         if let Some(c) = &self.console_log {
             crate::bounds::ConsoleLogLimits::check(c.max_bytes, c.files, "console_log")?;
         }
+        self.limits.validate()?;
         if self.vcpus == 0 || self.vcpus > 255 {
             return Err(SpecError::new("vcpus", format!("must be between 1 and 255 (got {})", self.vcpus)));
         }

@@ -154,6 +154,10 @@ impl Store {
                  idx INTEGER NOT NULL UNIQUE,
                  created_ms INTEGER NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS identities (
+                 vm TEXT PRIMARY KEY,
+                 idx INTEGER NOT NULL UNIQUE
+             );
              CREATE TABLE IF NOT EXISTS events (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  ts_ms INTEGER NOT NULL,
@@ -250,6 +254,7 @@ impl Store {
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM runs WHERE vm = ?1", params![name])?;
+            tx.execute("DELETE FROM identities WHERE vm = ?1", params![name])?;
             tx.execute("DELETE FROM vms WHERE name = ?1", params![name])?;
             tx.commit()?;
             Ok(())
@@ -333,25 +338,43 @@ impl Store {
     /// The VM's lease index, allocating the lowest free one below
     /// `capacity` if it has none. None: the pool is exhausted.
     pub async fn allocate_lease(&self, vm: &str, capacity: u32) -> Result<Option<u32>, StoreError> {
+        self.allocate_index("leases", vm, capacity).await
+    }
+
+    /// The VM's identity index (its uid's offset in the range), allocated
+    /// like a lease; freed with the VM.
+    pub async fn allocate_identity(&self, vm: &str, capacity: u32) -> Result<Option<u32>, StoreError> {
+        self.allocate_index("identities", vm, capacity).await
+    }
+
+    /// The lowest free `idx` of `table` below `capacity` for `vm`, or the
+    /// one it has. `table` is one of ours, never input.
+    async fn allocate_index(&self, table: &'static str, vm: &str, capacity: u32) -> Result<Option<u32>, StoreError> {
         let vm = vm.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
-            if let Some(idx) = tx.query_row("SELECT idx FROM leases WHERE vm = ?1", params![vm], |r| r.get::<_, u32>(0)).optional()? {
+            if let Some(idx) = tx.query_row(&format!("SELECT idx FROM {table} WHERE vm = ?1"), params![vm], |r| r.get::<_, u32>(0)).optional()? {
                 return Ok(Some(idx));
             }
             // The lowest free index: 0, or the first used one whose
             // successor is free (both lookups use idx's UNIQUE index, so
             // SQLite does the walk without handing us every row).
             let next: u32 = tx.query_row(
-                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM leases WHERE idx = 0) THEN 0 \
-                 ELSE (SELECT MIN(a.idx) + 1 FROM leases a WHERE NOT EXISTS (SELECT 1 FROM leases b WHERE b.idx = a.idx + 1)) END",
+                &format!(
+                    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM {table} WHERE idx = 0) THEN 0 \
+                     ELSE (SELECT MIN(a.idx) + 1 FROM {table} a WHERE NOT EXISTS (SELECT 1 FROM {table} b WHERE b.idx = a.idx + 1)) END"
+                ),
                 [],
                 |r| r.get(0),
             )?;
             if next >= capacity {
                 return Ok(None);
             }
-            tx.execute("INSERT INTO leases (vm, idx, created_ms) VALUES (?1, ?2, ?3)", params![vm, next, now_ms()])?;
+            if table == "leases" {
+                tx.execute("INSERT INTO leases (vm, idx, created_ms) VALUES (?1, ?2, ?3)", params![vm, next, now_ms()])?;
+            } else {
+                tx.execute(&format!("INSERT INTO {table} (vm, idx) VALUES (?1, ?2)"), params![vm, next])?;
+            }
             tx.commit()?;
             Ok(Some(next))
         })

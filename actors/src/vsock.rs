@@ -240,10 +240,12 @@ pub struct Device {
 impl Device {
     /// Starts the device in its own session (it outlives a daemon restart,
     /// like the hypervisor) and waits, up to `timeout`, for its socket.
-    pub async fn start(vm: &str, plan: &DevicePlan, timeout: Duration) -> Result<Device, VsockError> {
+    /// `confined`: run as the VM's own identity (it shares the VM's run
+    /// directory and sockets).
+    pub async fn start(vm: &str, plan: &DevicePlan, timeout: Duration, confined: Option<crate::confine::child::ChildSetup>) -> Result<Device, VsockError> {
         let fail = |reason: String| VsockError::Device { name: vm.to_string(), reason };
         let _ = std::fs::remove_file(&plan.socket);
-        let spawned = crate::process::spawn_in_session(&plan.program, Some(&plan.arg0), &plan.args, &plan.log, None)
+        let spawned = crate::process::spawn_in_session(&plan.program, Some(&plan.arg0), &plan.args, &plan.log, None, confined)
             .map_err(|e| fail(format!("{e} (install it with `cargo install vhost-device-vsock`, or point --vsock-device-binary at it)")))?;
         let pid = spawned.pid;
         let watched = crate::process::watch_pidfd(spawned.pidfd.try_clone().map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;

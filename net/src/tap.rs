@@ -22,6 +22,9 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 // _IOW('T', 202, int) and _IOW('T', 203, int)
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+// _IOW('T', 204, int) and _IOW('T', 206, int)
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 
 #[repr(C)]
 struct IfReq {
@@ -35,6 +38,21 @@ struct IfReq {
 /// names it reuses are its own.
 pub fn create_persistent(name: &str) -> Result<(), Error> {
     create_pending(name)?.persist()
+}
+
+/// Lets `uid`/`gid` attach to the persistent TAP `name` without
+/// CAP_NET_ADMIN (an unprivileged hypervisor opens it by name).
+pub fn set_owner(name: &str, uid: u32, gid: u32) -> Result<(), Error> {
+    let tap = create_pending(name)?;
+    for (req, id) in [(TUNSETOWNER, uid), (TUNSETGROUP, gid)] {
+        // SAFETY: TUNSETOWNER/TUNSETGROUP take an integer argument by value.
+        let r = unsafe { libc::ioctl(tap.tun.as_raw_fd(), req as _, id as libc::c_ulong) };
+        if r < 0 {
+            return Err(Error::Tap { name: name.into(), source: std::io::Error::last_os_error() });
+        }
+    }
+    // Attaching to a persistent device leaves it persistent when we close.
+    Ok(())
 }
 
 /// A TAP that exists only while this value lives, until [`PendingTap::persist`].

@@ -8,6 +8,7 @@
 mod console;
 mod docs;
 mod images;
+mod confine_args;
 mod limits;
 mod snapshots;
 mod stats;
@@ -103,6 +104,8 @@ enum Command {
         masquerade: String,
         #[command(flatten)]
         limits: limits::LimitArgs,
+        #[command(flatten)]
+        confine: confine_args::ConfineArgs,
     },
     /// Create a VM from a TOML spec file and boot it.
     Up {
@@ -264,7 +267,7 @@ async fn run(cli: Cli) -> i32 {
     let client = Client::new(cli.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)));
     let json = cli.json;
     let result: Result<(), CliError> = match cli.cmd {
-        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, vsock_device_binary, control_timeout_ms, net_pool, masquerade, limits } => {
+        Command::Serve { state_dir, run_dir, qemu_binary, cloud_hypervisor_binary, vsock_device_binary, control_timeout_ms, net_pool, masquerade, limits, confine } => {
             let pool = match net_pool.parse::<paddock_net::Pool>() {
                 Ok(p) => p,
                 Err(e) => {
@@ -289,6 +292,13 @@ async fn run(cli: Cli) -> i32 {
                 control_timeout: Duration::from_millis(control_timeout_ms),
                 api: limits.api(),
                 bounds: limits.bounds(),
+                confine: match confine.confinement() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                },
             };
             return match crate::daemon::serve(opts).await {
                 Ok(()) => 0,

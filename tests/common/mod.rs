@@ -105,6 +105,9 @@ impl Daemon {
     pub fn unstarted(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         // Short path: unix socket paths are limited to 107 bytes.
         let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").expect("tempdir");
+        // The confined hypervisors pass through it to their own 0700
+        // directories (like /var/lib and /run in production).
+        traversable(dir.path());
         let socket = dir.path().join("run/paddock.sock");
         Daemon {
             client: Client::new(&socket),
@@ -531,4 +534,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// o+x on `dir`: traversable by the VM identities, not listable.
+pub fn traversable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod o+x");
+}
+
+/// A directory every VM identity may write (sticky, like /tmp): where a
+/// fake hypervisor, confined like a real one, leaves its request log.
+pub fn writable_by_vms(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
 }

@@ -52,6 +52,8 @@ pub struct VmDeps {
     pub instance: String,
     /// The daemon's console log bounds (a spec may override them).
     pub console_log: crate::bounds::ConsoleLogLimits,
+    /// How hypervisors are confined (identity, filter, limits).
+    pub confine: crate::confine::Confinement,
 }
 
 pub struct VmArgs {
@@ -373,6 +375,7 @@ impl VmState {
             network: self.run.as_ref().and_then(|r| r.plan.network.clone()),
             vsock: self.run.as_ref().and_then(|r| r.plan.vsock.clone()),
             console_log: self.paths.console_log.clone(),
+            stats: None,
             spec: self.spec.clone(),
         }
     }
@@ -497,6 +500,7 @@ impl VmState {
             remove_stale_socket(p).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
         }
         self.backend.before_spawn(&spec, &self.paths)?;
+        let jail = self.confine(&spec, &mut plan).await?;
         steps.lap("argv+run_dir");
         self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
         steps.lap("starting_durable");
@@ -507,14 +511,14 @@ impl VmState {
             crate::spec::BackendKind::CloudHypervisor => 0,
         };
         let probe_target = crate::probe::target(&self.spec, lease.as_ref());
-        let vsock_device = match self.start_vsock_device(&plan).await {
+        let vsock_device = match self.start_vsock_device(&plan, jail.as_ref()).await {
             Ok(d) => d,
             Err(reason) => {
                 let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
-        let spawned = match process::spawn(&plan, &self.deps.instance) {
+        let spawned = match process::spawn(&plan, &self.deps.instance, jail.as_ref()) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = vsock_device {
@@ -595,12 +599,34 @@ impl VmState {
     /// The vhost-user vsock device, started before the hypervisor (which
     /// connects to it). One left by an earlier life of this VM (a daemon
     /// that died between the two) is stopped first.
-    async fn start_vsock_device(&self, plan: &LaunchPlan) -> std::result::Result<Option<crate::vsock::Device>, String> {
+    async fn start_vsock_device(&self, plan: &LaunchPlan, jail: Option<&crate::confine::Jail>) -> std::result::Result<Option<crate::vsock::Device>, String> {
         let Some(dp) = &plan.vsock_device else { return Ok(None) };
         if let Some(old) = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|pid| crate::vsock::Device::adopt(&self.name, pid)) {
             old.stop(&self.name).await;
         }
-        crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout).await.map(Some).map_err(|e| e.to_string())
+        let confined = jail.map(|j| j.child_setup());
+        crate::vsock::Device::start(&self.name, dp, self.deps.control_timeout, confined).await.map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The cgroup's OOM killer as the reason of an exit (confined VMs).
+    fn confined_fault(&self) -> Option<String> {
+        self.deps.confine.enabled().then(|| crate::confine::exit_fault(&self.deps.instance, &self.name)).flatten()
+    }
+
+    /// The VM's identity, files and filter (`confine`); None when off.
+    async fn confine(&self, spec: &VmSpec, plan: &mut LaunchPlan) -> Result<Option<crate::confine::Jail>> {
+        let disk_dir = crate::disks::vm_dir(&self.deps.state_dir, &self.name);
+        let input = crate::confine::jail::JailInputs {
+            store: &self.deps.store,
+            spec,
+            original: &self.spec,
+            disk_dir: &disk_dir,
+            images: &self.deps.images,
+            instance: &self.deps.instance,
+        };
+        crate::confine::jail::prepare(&self.deps.confine, input, plan)
+            .await
+            .map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })
     }
 
     /// The VM's run directory, stamped with our instance. One that another
@@ -857,7 +883,7 @@ impl VmState {
         self.remove_stale_sockets();
         // The hypervisor's own record can turn a clean-looking exit into a
         // failure (CH exits 0 after a fatal vCPU error).
-        let fault = self.backend.exit_fault(&self.paths, &exit);
+        let fault = self.backend.exit_fault(&self.paths, &exit).or_else(|| self.confined_fault());
         let failure = run.is_failure(&exit) || fault.is_some();
         let uptime = run.started.elapsed();
         match self.phase.clone() {
@@ -1347,6 +1373,7 @@ impl VmState {
     /// left of them.
     async fn delete_everything(&mut self, me: &ActorRef<VmMessage>) {
         let mut incomplete = Vec::new();
+        crate::confine::remove_cgroup(&self.deps.instance, &self.name);
         if let Err(e) = crate::recovery::remove_run_dir(&self.paths.dir, &self.deps.instance) {
             incomplete.push(format!("run directory: {e}"));
         }
