@@ -172,6 +172,12 @@ impl Client {
         self.json(Method::GET, "/v1/images", None).await
     }
 
+    /// Copies a file the daemon can read into its image cache by content.
+    pub async fn image_import(&self, path: &std::path::Path) -> Result<crate::api::images::ImageInfo> {
+        let body = serde_json::to_vec(&serde_json::json!({ "path": path })).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.json(Method::POST, "/v1/images/import", Some(body)).await
+    }
+
     pub async fn image_remove(&self, sha256: &str) -> Result<()> {
         self.call(Method::DELETE, &format!("/v1/images/{sha256}"), None).await.map(drop)
     }

@@ -35,6 +35,12 @@ pub fn load_spec_file(path: &Path) -> Result<VmSpec, SpecFileError> {
     for p in [&mut spec.boot.kernel, &mut spec.boot.initrd, &mut spec.boot.disk, &mut spec.boot.firmware].into_iter().flatten() {
         resolve(p);
     }
+    // A local image (not `sha256:`) is a path like the others.
+    if let Some(image) = spec.boot.image.as_mut().filter(|i| !i.starts_with("sha256:")) {
+        let mut p = PathBuf::from(&*image);
+        resolve(&mut p);
+        *image = p.to_string_lossy().into_owned();
+    }
     for d in &mut spec.disks {
         resolve(&mut d.path);
     }

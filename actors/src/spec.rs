@@ -389,7 +389,9 @@ pub struct Boot {
     pub firmware: Option<PathBuf>,
     /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted
     /// through the VM's own copy-on-write overlay: by firmware, or with
-    /// `kernel` as the root disk of a direct kernel boot.
+    /// `kernel` as the root disk of a direct kernel boot. An absolute path
+    /// (relative in a spec file: to the file) is imported into the cache
+    /// by content when the VM is created and replaced by its `sha256:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The overlay's size; defaults to the image's (never smaller).
@@ -588,7 +590,15 @@ pub fn image_digest(image: &str) -> Result<String, SpecError> {
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(|h| h.to_ascii_lowercase())
-        .ok_or_else(|| SpecError::new("boot.image", format!("{image:?} is not sha256:<64 hex digits>; see `paddock image ls`")))
+        .ok_or_else(|| {
+            SpecError::new("boot.image", format!("{image:?} is neither sha256:<64 hex digits> (see `paddock image ls`) nor an absolute path to an image file"))
+        })
+}
+
+/// Whether `boot.image` names a host file (imported into the cache by
+/// content when the VM is created) rather than `sha256:<hex>`.
+pub fn is_image_path(image: &str) -> bool {
+    image.starts_with('/')
 }
 
 /// An absolute guest path, one line, no spaces (it lands in fstab).
@@ -633,7 +643,9 @@ impl VmSpec {
             return Err(SpecError::new("boot", "set boot.disk or boot.image, not both (either one may go with boot.kernel)"));
         }
         if let Some(image) = &self.boot.image {
-            image_digest(image)?;
+            if !is_image_path(image) {
+                image_digest(image)?;
+            }
         }
         if self.boot.overlay_gib.is_some() && self.boot.image.is_none() {
             return Err(SpecError::new("boot.overlay_gib", "an overlay size needs boot.image"));

@@ -19,6 +19,7 @@
 //! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
+//! POST   /v1/images/import                      copy a host file {path} in by content
 //! DELETE /v1/images/{sha256}                    refused while a VM uses it
 //! ```
 
@@ -75,6 +76,7 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/events", get(events::stream))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/images", get(images::list).post(images::pull))
+        .route("/v1/images/import", axum::routing::post(images::import))
         .route("/v1/images/{sha256}", axum::routing::delete(images::remove))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(runtime)

@@ -55,6 +55,9 @@ enum ImageCommand {
         #[arg(long)]
         sha256: String,
     },
+    /// Copy a local image file into the cache by content (a .zst or .xz
+    /// file is decompressed); the file itself is only read.
+    Import { path: PathBuf },
     /// List cached images.
     Ls,
     /// Delete a cached image (refused while a VM uses it).
