@@ -21,6 +21,7 @@ pub mod console;
 pub mod console_log;
 pub mod control;
 pub mod disks;
+pub mod display;
 pub mod error;
 pub mod events;
 pub mod lease;

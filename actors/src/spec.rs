@@ -79,6 +79,10 @@ pub struct VmSpec {
     /// start, attached read-only, deleted with the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_disk: Option<ServiceDiskSpec>,
+    /// A graphical console: `"vnc"` serves the guest's screen on the Unix
+    /// socket `RUN_DIR/NAME/vnc.sock` (QEMU only; see `crate::display`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<Display>,
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
@@ -472,6 +476,14 @@ pub enum NetworkMode {
     Tap,
 }
 
+/// A graphical display of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Display {
+    /// QEMU's VNC server on a Unix socket in the VM's run directory.
+    Vnc,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
@@ -699,6 +711,9 @@ impl VmSpec {
         if let Some(sd) = &self.service_disk {
             sd.validate()?;
         }
+        if self.display.is_some() && self.backend != BackendKind::Qemu {
+            return Err(SpecError::new("display", "Cloud Hypervisor has no display; remove display or use backend = \"qemu\""));
+        }
         let root_disk = self.boot.disk.is_some() || self.boot.image.is_some();
         match (&self.boot.kernel, root_disk) {
             (None, false) => {
@@ -891,6 +906,20 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "ready_probe.tcp", "no network");
         s.network.mode = NetworkMode::Tap;
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn display_is_qemu_only_and_local_images_are_paths() {
+        let mut s: VmSpec = serde_json::from_str(r#"{"name":"a","boot":{"kernel":"/k"},"display":"vnc"}"#).unwrap();
+        s.validate().unwrap();
+        s.backend = BackendKind::CloudHypervisor;
+        assert_eq!(s.validate().unwrap_err().field, "display");
+        assert!(serde_json::from_str::<VmSpec>(r#"{"name":"a","boot":{"kernel":"/k"},"display":"sdl"}"#).is_err());
+        let mut s = spec();
+        s.boot.image = Some("/srv/base.qcow2".into());
+        s.validate().expect("an absolute path");
+        s.boot.image = Some("base.qcow2".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot.image");
     }
 
     #[test]
