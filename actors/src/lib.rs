@@ -36,6 +36,7 @@ pub mod recovery;
 pub mod registry;
 mod ring;
 pub mod spec;
+pub mod ssh_key;
 pub mod store;
 pub mod vm;
 pub mod volumes;

@@ -83,6 +83,9 @@ pub struct VmSpec {
     /// socket `RUN_DIR/NAME/vnc.sock` (QEMU only; see `crate::display`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<Display>,
+    /// How `paddock ssh` logs in, and a key Paddock makes for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
@@ -476,6 +479,56 @@ pub enum NetworkMode {
     Tap,
 }
 
+/// `paddock ssh`: the guest user, its port, and the key: one Paddock
+/// generates (`generate_key`, given to cloud-init) or a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// An ed25519 key made for this VM (needs `[cloud_init]`), kept in its
+    /// state directory and deleted with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generate_key: bool,
+    /// An existing private key on the host (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl SshSpec {
+    fn validate(&self, spec: &VmSpec) -> Result<(), SpecError> {
+        let u = &self.user;
+        if u.is_empty() || u.len() > 32 || u.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')) || u.starts_with('-') {
+            return Err(SpecError::new("ssh.user", "use 1 to 32 characters of a-z, A-Z, 0-9, '.', '-' and '_', not starting with '-'"));
+        }
+        if self.port == 0 {
+            return Err(SpecError::new("ssh.port", "a port between 1 and 65535"));
+        }
+        if self.generate_key && self.key.is_some() {
+            return Err(SpecError::new("ssh.key", "give ssh.key or ssh.generate_key = true, not both"));
+        }
+        if self.key.as_ref().is_some_and(|k| !k.is_absolute()) {
+            return Err(SpecError::new("ssh.key", "must be an absolute path to a private key"));
+        }
+        if self.generate_key && spec.cloud_init.is_none() {
+            return Err(SpecError::new("ssh.generate_key", "the key reaches the guest through cloud-init; add a [cloud_init] section"));
+        }
+        let forwarded = spec.network.forwards.iter().any(|f| f.guest == self.port && f.protocol == paddock_net::Protocol::Tcp);
+        if spec.network.mode != NetworkMode::Tap && !forwarded {
+            return Err(SpecError::new(
+                "ssh",
+                format!("the host cannot reach guest port {p}: use network.mode = \"tap\", or forward it (forwards = [{{ host = 8022, guest = {p} }}])", p = self.port),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A graphical display of the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -711,6 +764,9 @@ impl VmSpec {
         if let Some(sd) = &self.service_disk {
             sd.validate()?;
         }
+        if let Some(ssh) = &self.ssh {
+            ssh.validate(self)?;
+        }
         if self.display.is_some() && self.backend != BackendKind::Qemu {
             return Err(SpecError::new("display", "Cloud Hypervisor has no display; remove display or use backend = \"qemu\""));
         }
@@ -920,6 +976,27 @@ mod tests {
         s.validate().expect("an absolute path");
         s.boot.image = Some("base.qcow2".into());
         assert_eq!(s.validate().unwrap_err().field, "boot.image");
+    }
+
+    #[test]
+    fn ssh_is_checked() {
+        let mut s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","boot":{"kernel":"/k"},"network":{"mode":"user","forwards":[{"host":8022,"guest":22}]},"ssh":{"user":"ops","generate_key":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "ssh.generate_key", "needs cloud_init");
+        s.cloud_init = Some(CloudInitSpec::default());
+        s.validate().unwrap();
+        s.ssh.as_mut().unwrap().port = 2222;
+        assert_eq!(s.validate().unwrap_err().field, "ssh", "port not forwarded");
+        let ssh = s.ssh.as_mut().unwrap();
+        ssh.port = 22;
+        ssh.user = "-oProxyCommand=x".into();
+        assert_eq!(s.validate().unwrap_err().field, "ssh.user");
+        let ssh = s.ssh.as_mut().unwrap();
+        ssh.user = "ops".into();
+        ssh.key = Some("id".into());
+        assert_eq!(s.validate().unwrap_err().field, "ssh.key");
     }
 
     #[test]

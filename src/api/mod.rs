@@ -17,6 +17,7 @@
 //! DELETE /v1/volumes/{name}                     delete a kept data disk
 //! GET    /v1/events?since=&follow=              NDJSON
 //! POST   /v1/shutdown?stop_vms=                 exit the daemon (VMs keep running unless stop_vms)
+//! GET    /v1/vms/{name}/ssh                     user, address and key for `paddock ssh`
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
 //! POST   /v1/images/import                      copy a host file {path} in by content
@@ -30,6 +31,7 @@ mod vsock;
 pub mod error;
 pub mod events;
 pub mod images;
+pub mod ssh;
 pub mod query;
 pub mod server;
 pub mod types;
@@ -71,6 +73,7 @@ fn routes(runtime: Arc<Runtime>) -> Router {
         .route("/v1/vms/{name}/console", get(console::follow))
         .route("/v1/vms/{name}/console/attach", get(console::attach))
         .route("/v1/vms/{name}/vsock/{port}", get(vsock::connect))
+        .route("/v1/vms/{name}/ssh", get(ssh::target))
         .route("/v1/volumes", get(vsock::volumes))
         .route("/v1/volumes/{name}", axum::routing::delete(vsock::remove_volume))
         .route("/v1/events", get(events::stream))

@@ -8,6 +8,7 @@
 mod console;
 mod images;
 mod limits;
+mod ssh;
 mod table;
 mod vsock;
 
@@ -155,6 +156,13 @@ enum Command {
         /// Also delete the VM's data disk.
         #[arg(long)]
         volumes: bool,
+    },
+    /// Log in to the guest with ssh (the spec's `[ssh]`: its user, the
+    /// key Paddock generated, the lease or forwarded port), or run COMMAND.
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Manage the image cache.
     #[command(subcommand)]
@@ -324,6 +332,7 @@ async fn run(cli: Cli) -> i32 {
         .await,
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
+        Command::Ssh { name, command } => ssh::run(&client, &name, command).await,
         Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
         Command::Vsock { name, port, linger_ms } => vsock::bridge(&client, &name, port, Duration::from_millis(linger_ms)).await,
         Command::Rm { name, force, volumes } => async {
