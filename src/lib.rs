@@ -16,6 +16,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dir_lock;
+pub mod project;
+pub mod project_kdl;
 mod runtime;
 
 pub use paddock_actors::spec;

@@ -8,6 +8,8 @@
 mod console;
 mod images;
 mod limits;
+mod project;
+mod provision;
 mod ssh;
 mod table;
 mod vsock;
@@ -105,14 +107,34 @@ enum Command {
         #[command(flatten)]
         limits: limits::LimitArgs,
     },
-    /// Create a VM from a TOML spec file and boot it.
+    /// Create a VM from a TOML spec file and boot it; without FILE, every
+    /// VM of the project file ./Paddock.toml, then provision them.
     Up {
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Return when the guest runs, or when its console readiness
         /// pattern matched.
         #[arg(long, value_enum, default_value = "running")]
         wait: Wait,
         #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Stop every VM of ./Paddock.toml; --destroy removes them, their data
+    /// disks and their provisioning logs.
+    Down {
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Recreate every VM of ./Paddock.toml from the file (data disks kept)
+    /// and provision it.
+    Reload {
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Run the provisioning steps of ./Paddock.toml again (one VM or all).
+    Provision {
+        name: Option<String>,
+        /// Seconds to wait for each VM's SSH server.
+        #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
     /// List VMs.
@@ -125,6 +147,9 @@ enum Command {
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
+        /// The last provisioning output (of ./Paddock.toml's VM) instead.
+        #[arg(long, conflicts_with = "follow")]
+        provision: bool,
     },
     /// Attach to the serial console (Ctrl-] detaches).
     Console { name: String },
@@ -278,7 +303,12 @@ async fn run(cli: Cli) -> i32 {
                 }
             };
         }
-        Command::Up { file, wait, timeout } => async {
+        Command::Up { file: None, timeout, .. } => project::up(&client, timeout).await,
+        Command::Down { destroy } => project::down(&client, destroy).await,
+        Command::Reload { timeout } => project::reload(&client, timeout).await,
+        Command::Provision { name, timeout } => project::provision(&client, name, timeout).await,
+        Command::Logs { name, provision: true, .. } => project::provision_log(&name),
+        Command::Up { file: Some(file), wait, timeout } => async {
             let spec = crate::config::load_spec_file(&file).map_err(CliError::Spec)?;
             let info = client.up(&spec, wait.into(), timeout).await?;
             print_one(json, &info);
@@ -301,7 +331,7 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
-        Command::Logs { name, follow } => async {
+        Command::Logs { name, follow, provision: false } => async {
             let mut body = client.console(&name, follow).await?;
             let mut out = std::io::stdout();
             while let Some(frame) = body.frame().await {
