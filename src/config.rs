@@ -22,11 +22,21 @@ pub fn load_spec_file(path: &Path) -> Result<VmSpec, SpecFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecFileError::Read { path: path.to_path_buf(), source })?;
     let mut spec: VmSpec = toml::from_str(&text)
         .map_err(|e| SpecFileError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
+    resolve_paths(&mut spec, &base_dir(path));
+    Ok(spec)
+}
+
+/// The directory relative paths of the file at `path` are taken from.
+pub fn base_dir(path: &Path) -> PathBuf {
     let base = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    std::fs::canonicalize(&base).unwrap_or(base)
+}
+
+/// Makes the spec's relative host paths relative to `base`.
+pub fn resolve_paths(spec: &mut VmSpec, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -35,6 +45,12 @@ pub fn load_spec_file(path: &Path) -> Result<VmSpec, SpecFileError> {
     for p in [&mut spec.boot.kernel, &mut spec.boot.initrd, &mut spec.boot.disk, &mut spec.boot.firmware].into_iter().flatten() {
         resolve(p);
     }
+    // A local image (not `sha256:`) is a path like the others.
+    if let Some(image) = spec.boot.image.as_mut().filter(|i| !i.starts_with("sha256:")) {
+        let mut p = PathBuf::from(&*image);
+        resolve(&mut p);
+        *image = p.to_string_lossy().into_owned();
+    }
     for d in &mut spec.disks {
         resolve(&mut d.path);
     }
@@ -42,7 +58,9 @@ pub fn load_spec_file(path: &Path) -> Result<VmSpec, SpecFileError> {
         sd.files.iter_mut().filter_map(|f| f.source.as_mut()).for_each(resolve);
         sd.trees.iter_mut().for_each(|t| resolve(&mut t.source));
     }
-    Ok(spec)
+    if let Some(k) = spec.ssh.as_mut().and_then(|s| s.key.as_mut()) {
+        resolve(k);
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub mod host;
 pub mod idempotency;
 pub mod metrics;
 pub mod run_end;
+pub mod project;
+pub mod project_kdl;
 mod runtime;
 
 pub use paddock_actors::spec;

@@ -271,7 +271,14 @@ impl Runtime {
     }
 
     /// Defines `spec` and boots it. On failure nothing of the VM remains.
-    pub async fn up(&self, spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+    /// A `boot.image` that is a host path is imported into the image cache
+    /// first and the spec names it by its `sha256:` from then on.
+    pub async fn up(&self, mut spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        if let Some(path) = spec.boot.image.clone().filter(|i| paddock_actors::spec::is_image_path(i)) {
+            spec.validate()?;
+            let img = self.import_image(path.into(), "boot.image").await?;
+            spec.boot.image = Some(format!("sha256:{}", img.sha256));
+        }
         let (tx, rx) = ractor::concurrency::oneshot();
         self.registry
             .cast(RegistryMessage::Create { spec: Box::new(spec), wait, reply: tx.into() })
@@ -383,6 +390,17 @@ impl Runtime {
         spec.name = name.map(String::from).unwrap_or(info.vm);
         spec.boot.snapshot = Some(snapshot.to_string());
         self.up(spec, wait, timeout).await
+    }
+
+    /// Copies a host image file (zstd and xz are decompressed) into the
+    /// image cache by content; `field` names it in errors. The file is only
+    /// read.
+    pub async fn import_image(&self, path: PathBuf, field: &str) -> Result<paddock_images::CachedImage> {
+        let images = self.images.clone();
+        let imported = tokio::task::spawn_blocking(move || images.import(&path))
+            .await
+            .map_err(|e| paddock_actors::Error::Unavailable(format!("image import: {e}")))?;
+        imported.map_err(|e| paddock_actors::SpecError::new(field, crate::api::error::chain(&e)).into())
     }
 
     /// The image cache (`STATE_DIR/images`).

@@ -7,24 +7,10 @@ mod common;
 use common::*;
 use http_body_util::BodyExt as _;
 use paddock::WaitFor;
-use std::io::{Read, Write};
 use std::time::Duration;
 
-/// Serves `body` to every GET on 127.0.0.1; returns the URL.
 fn serve(body: Vec<u8>) -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut req = [0u8; 4096];
-            let _ = s.read(&mut req);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    format!("http://{addr}/base.img")
+    serve_bytes(body, "base.img")
 }
 
 fn sha256_hex(data: &[u8]) -> String {

@@ -129,7 +129,7 @@ pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netm
         args: Vec::new(),
         paths: paths.clone(),
         accel: spec.accel,
-        guest_address: reach(spec, lease),
+        guest_address: reach(spec, lease).into_iter().chain(crate::display::address(spec, paths)).collect(),
         marker: marker(&spec.name),
         api_config: None,
         network: network_info(spec, lease),

@@ -122,7 +122,11 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
                 n
             }
         };
-        let generated = cloud_config(spec);
+        let mut generated = cloud_config(spec);
+        if let Some(ssh) = spec.ssh.as_ref().filter(|s| s.generate_key) {
+            let public = crate::ssh_key::ensure(dir, &spec.name)?;
+            authorize(&mut generated, &ssh.user, public);
+        }
         let user_data = match &ci.user_data {
             // Only the user's own: passed through untouched.
             Some(raw) if generated == bare_cloud_config(spec) => UserData::Raw(raw.clone()),
@@ -235,6 +239,23 @@ pub fn cloud_config(spec: &VmSpec) -> CloudConfig {
         c.mounts.push(vec![device, mount.clone(), fs.as_str().into(), "defaults,nofail".into(), "0".into(), "2".into()]);
     }
     c
+}
+
+/// Adds `public` to `user`'s keys, making the user (with passwordless
+/// sudo, as cloud images' default user has) if the spec has none by that
+/// name.
+fn authorize(c: &mut CloudConfig, user: &str, public: String) {
+    match c.users.iter_mut().find(|u| u.name == user) {
+        Some(u) => u.ssh_authorized_keys.push(public),
+        None => c.users.push(User {
+            name: user.to_string(),
+            ssh_authorized_keys: vec![public],
+            sudo: Some("ALL=(ALL) NOPASSWD:ALL".into()),
+            shell: Some("/bin/bash".into()),
+            groups: Vec::new(),
+            lock_passwd: Some(true),
+        }),
+    }
 }
 
 /// Deletes the VM's disks; the data disk only with `volumes`, or if no

@@ -79,6 +79,13 @@ pub struct VmSpec {
     /// start, attached read-only, deleted with the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_disk: Option<ServiceDiskSpec>,
+    /// A graphical console: `"vnc"` serves the guest's screen on the Unix
+    /// socket `RUN_DIR/NAME/vnc.sock` (QEMU only; see `crate::display`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<Display>,
+    /// How `paddock ssh` logs in, and a key Paddock makes for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
     /// Bounds of this VM's console files, over the daemon's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<crate::bounds::ConsoleLogSpec>,
@@ -404,7 +411,9 @@ pub struct Boot {
     pub firmware: Option<PathBuf>,
     /// A cached image (`sha256:<hex>`, see `paddock image pull`), booted
     /// through the VM's own copy-on-write overlay: by firmware, or with
-    /// `kernel` as the root disk of a direct kernel boot.
+    /// `kernel` as the root disk of a direct kernel boot. An absolute path
+    /// (relative in a spec file: to the file) is imported into the cache
+    /// by content when the VM is created and replaced by its `sha256:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The overlay's size; defaults to the image's (never smaller).
@@ -488,6 +497,65 @@ pub enum NetworkMode {
     User,
     /// A TAP device with an address lease, NAT and isolation.
     Tap,
+}
+
+/// `paddock ssh`: the guest user, its port, and the key: one Paddock
+/// generates (`generate_key`, given to cloud-init) or a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// An ed25519 key made for this VM (needs `[cloud_init]`), kept in its
+    /// state directory and deleted with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generate_key: bool,
+    /// An existing private key on the host (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl SshSpec {
+    fn validate(&self, spec: &VmSpec) -> Result<(), SpecError> {
+        let u = &self.user;
+        if u.is_empty() || u.len() > 32 || u.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')) || u.starts_with('-') {
+            return Err(SpecError::new("ssh.user", "use 1 to 32 characters of a-z, A-Z, 0-9, '.', '-' and '_', not starting with '-'"));
+        }
+        if self.port == 0 {
+            return Err(SpecError::new("ssh.port", "a port between 1 and 65535"));
+        }
+        if self.generate_key && self.key.is_some() {
+            return Err(SpecError::new("ssh.key", "give ssh.key or ssh.generate_key = true, not both"));
+        }
+        if self.key.as_ref().is_some_and(|k| !k.is_absolute()) {
+            return Err(SpecError::new("ssh.key", "must be an absolute path to a private key"));
+        }
+        if self.generate_key && spec.cloud_init.is_none() {
+            return Err(SpecError::new("ssh.generate_key", "the key reaches the guest through cloud-init; add a [cloud_init] section"));
+        }
+        let forwarded = spec.network.forwards.iter().any(|f| f.guest == self.port && f.protocol == paddock_net::Protocol::Tcp);
+        if spec.network.mode != NetworkMode::Tap && !forwarded {
+            return Err(SpecError::new(
+                "ssh",
+                format!("the host cannot reach guest port {p}: use network.mode = \"tap\", or forward it (forwards = [{{ host = 8022, guest = {p} }}])", p = self.port),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A graphical display of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Display {
+    /// QEMU's VNC server on a Unix socket in the VM's run directory.
+    Vnc,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -608,7 +676,15 @@ pub fn image_digest(image: &str) -> Result<String, SpecError> {
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(|h| h.to_ascii_lowercase())
-        .ok_or_else(|| SpecError::new("boot.image", format!("{image:?} is not sha256:<64 hex digits>; see `paddock image ls`")))
+        .ok_or_else(|| {
+            SpecError::new("boot.image", format!("{image:?} is neither sha256:<64 hex digits> (see `paddock image ls`) nor an absolute path to an image file"))
+        })
+}
+
+/// Whether `boot.image` names a host file (imported into the cache by
+/// content when the VM is created) rather than `sha256:<hex>`.
+pub fn is_image_path(image: &str) -> bool {
+    image.starts_with('/')
 }
 
 /// An absolute guest path, one line, no spaces (it lands in fstab).
@@ -655,7 +731,9 @@ impl VmSpec {
             return Err(SpecError::new("boot", "set boot.disk or boot.image, not both (either one may go with boot.kernel)"));
         }
         if let Some(image) = &self.boot.image {
-            image_digest(image)?;
+            if !is_image_path(image) {
+                image_digest(image)?;
+            }
         }
         if let Some(snap) = &self.boot.snapshot {
             crate::snapshot::validate_name(snap).map_err(|e| SpecError::new("boot.snapshot", e.to_string()))?;
@@ -711,6 +789,12 @@ impl VmSpec {
         }
         if let Some(sd) = &self.service_disk {
             sd.validate()?;
+        }
+        if let Some(ssh) = &self.ssh {
+            ssh.validate(self)?;
+        }
+        if self.display.is_some() && self.backend != BackendKind::Qemu {
+            return Err(SpecError::new("display", "Cloud Hypervisor has no display; remove display or use backend = \"qemu\""));
         }
         let root_disk = self.boot.disk.is_some() || self.boot.image.is_some();
         match (&self.boot.kernel, root_disk) {
@@ -904,6 +988,41 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "ready_probe.tcp", "no network");
         s.network.mode = NetworkMode::Tap;
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn display_is_qemu_only_and_local_images_are_paths() {
+        let mut s: VmSpec = serde_json::from_str(r#"{"name":"a","boot":{"kernel":"/k"},"display":"vnc"}"#).unwrap();
+        s.validate().unwrap();
+        s.backend = BackendKind::CloudHypervisor;
+        assert_eq!(s.validate().unwrap_err().field, "display");
+        assert!(serde_json::from_str::<VmSpec>(r#"{"name":"a","boot":{"kernel":"/k"},"display":"sdl"}"#).is_err());
+        let mut s = spec();
+        s.boot.image = Some("/srv/base.qcow2".into());
+        s.validate().expect("an absolute path");
+        s.boot.image = Some("base.qcow2".into());
+        assert_eq!(s.validate().unwrap_err().field, "boot.image");
+    }
+
+    #[test]
+    fn ssh_is_checked() {
+        let mut s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","boot":{"kernel":"/k"},"network":{"mode":"user","forwards":[{"host":8022,"guest":22}]},"ssh":{"user":"ops","generate_key":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "ssh.generate_key", "needs cloud_init");
+        s.cloud_init = Some(CloudInitSpec::default());
+        s.validate().unwrap();
+        s.ssh.as_mut().unwrap().port = 2222;
+        assert_eq!(s.validate().unwrap_err().field, "ssh", "port not forwarded");
+        let ssh = s.ssh.as_mut().unwrap();
+        ssh.port = 22;
+        ssh.user = "-oProxyCommand=x".into();
+        assert_eq!(s.validate().unwrap_err().field, "ssh.user");
+        let ssh = s.ssh.as_mut().unwrap();
+        ssh.user = "ops".into();
+        ssh.key = Some("id".into());
+        assert_eq!(s.validate().unwrap_err().field, "ssh.key");
     }
 
     #[test]

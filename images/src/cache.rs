@@ -125,11 +125,20 @@ pub enum CacheError {
         #[source]
         source: Arc<reqwest::Error>,
     },
+    #[error("{path:?} is not a regular file; give the path of an image file")]
+    NotAFile { path: PathBuf },
+    #[error("cannot decompress {path:?} as {format}; is the file complete?")]
+    Decompress {
+        format: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     #[error("{url}: the download task ended without a result")]
     Interrupted { url: String },
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CacheError {
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CacheError {
     let path = path.to_path_buf();
     move |source| CacheError::Io { what, path, source: Arc::new(source) }
 }
@@ -174,7 +183,7 @@ pub fn parse_sha256(s: &str) -> Result<String, CacheError> {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -198,6 +207,10 @@ impl ImageCache {
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    pub(crate) fn options(&self) -> &CacheOptions {
+        &self.inner.opts
     }
 
     /// Where the image with this sha256 lives (whether or not it is there).
@@ -368,10 +381,17 @@ async fn download(inner: &Inner, url: &str, hex: &str, tx: &watch::Sender<PullSt
         // `tmp` is dropped on return: the partial file goes with it.
         return Err(CacheError::ChecksumMismatch { url: url.to_string(), expected: hex.to_string(), got });
     }
+    // Verified as downloaded, then decompressed (zstd, xz): the cache
+    // name stays the sha256 the user gave, that of the download.
+    let (dir, stem, limit) = (inner.dir.join("tmp"), hex.to_string(), inner.opts.max_bytes);
+    let tmp = tokio::task::spawn_blocking(move || crate::import::decompress(tmp, &dir, &stem, limit))
+        .await
+        .map_err(|_| CacheError::Interrupted { url: url.to_string() })??;
     let dest = inner.dir.join("sha256").join(hex);
     crate::tmp::publish(tmp, &dest).map_err(io_err("store", &dest))?;
-    tracing::info!(url, sha256 = hex, bytes = d.done, "image cached");
-    Ok(CachedImage { sha256: hex.to_string(), path: dest, size: d.done })
+    let size = std::fs::metadata(&dest).map_err(io_err("read", &dest))?.len();
+    tracing::info!(url, sha256 = hex, bytes = d.done, size, "image cached");
+    Ok(CachedImage { sha256: hex.to_string(), path: dest, size })
 }
 
 impl Download<'_> {

@@ -5,7 +5,8 @@
 //!   hypervisor is started, and detecting a disk's format from its header
 //!   ([`check_file`], [`detect_format`]);
 //! - the image cache: verified, resumable, deduplicated downloads into
-//!   content-addressed files ([`ImageCache`], `cache.rs`);
+//!   content-addressed files ([`ImageCache`], `cache.rs`); local files
+//!   imported by content and zstd/xz images decompressed (`import.rs`);
 //! - qcow2 overlays on a qcow2 or raw base and qcow2 data disks, written in
 //!   Rust with no `qemu-img` at run time ([`create_overlay`],
 //!   [`ensure_data_disk`], `qcow2.rs`);
@@ -24,6 +25,7 @@ mod cache;
 mod error;
 mod fat;
 mod format;
+mod import;
 mod multipart;
 mod qcow2;
 mod quote;
@@ -36,6 +38,7 @@ pub use cache::{parse_sha256, CacheError, CacheOptions, CachedImage, ImageCache,
 pub use error::{Error, Result};
 pub use fat::FatError;
 pub use format::{detect_format, DiskFormat};
+pub use import::Compression;
 pub use multipart::{part_type as multipart_part_type, MultipartError, USER_MERGE_TYPE};
 pub use qcow2::{backing_file, create_overlay, ensure_data_disk, DataDisk, Overlay, Qcow2Error, MAX_VIRTUAL_SIZE};
 pub use quote::{shell_quote, shell_quote_checked, QuoteError};

@@ -60,6 +60,26 @@ pub async fn remove(State(rt): State<AppState>, Path(sha): Path<String>) -> Resu
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// An absolute path the daemon can read.
+    #[schema(value_type = String)]
+    pub path: std::path::PathBuf,
+}
+
+/// `POST /v1/images/import`: the file is copied by content (zstd and xz
+/// decompressed); it is only read.
+#[utoipa::path(post, path = "/v1/images/import", tag = "images", request_body = ImportRequest, responses((status = 200, description = "The imported image", body = ImageInfo), (status = "4XX", description = "The request cannot be served as sent", body = crate::api::types::ErrorBody), (status = "5XX", description = "The daemon or the VM failed", body = crate::api::types::ErrorBody)))]
+pub async fn import(State(rt): State<AppState>, Json(req): Json<ImportRequest>) -> Result<Json<ImageInfo>, ApiError> {
+    if !req.path.is_absolute() {
+        return Err(spec_err("path", format!("{:?} must be an absolute path", req.path)));
+    }
+    let img = rt.import_image(req.path.clone(), "path").await?;
+    rt.publish_note("image", format!("imported {} as sha256:{}", req.path.display(), img.sha256)).await;
+    Ok(Json(ImageInfo { used_by: used_by(&rt, &img.sha256), sha256: img.sha256, path: img.path, size: img.size }))
+}
+
 fn line(v: serde_json::Value) -> Bytes {
     let mut b = serde_json::to_vec(&v).unwrap_or_default();
     b.push(b'\n');

@@ -21,8 +21,10 @@
 //! DELETE /v1/volumes/{name}                     delete a kept data disk
 //! GET    /v1/events?since=&follow=              NDJSON
 //! POST   /v1/shutdown?stop_vms=&suspend_vms=    exit the daemon (VMs keep running unless stop_vms; suspend_vms snapshots them first)
+//! GET    /v1/vms/{name}/ssh                     user, address and key for `paddock ssh`
 //! GET    /v1/images                             cached images
 //! POST   /v1/images                             pull {url, sha256}: NDJSON progress, then the image
+//! POST   /v1/images/import                      copy a host file {path} in by content
 //! DELETE /v1/images/{sha256}                    refused while a VM uses it
 //! POST   /v1/vms/{name}/snapshot?as=&then=      save state + disks (then: resume | stop)
 //! GET    /v1/snapshots                          snapshots
@@ -42,6 +44,7 @@ mod vsock;
 pub mod error;
 pub mod events;
 pub mod images;
+pub mod ssh;
 pub mod query;
 pub mod server;
 pub mod types;
@@ -107,6 +110,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(shutdown))
         .routes(routes!(images::list, images::pull))
         .routes(routes!(images::remove))
+        .routes(routes!(images::import))
+        .routes(routes!(ssh::target))
         .routes(routes!(snapshots::take))
         .routes(routes!(snapshots::list))
         .routes(routes!(snapshots::remove))

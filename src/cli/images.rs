@@ -1,4 +1,4 @@
-//! `paddock image pull|ls|rm`, with a progress bar for pulls.
+//! `paddock image pull|import|ls|rm`, with a progress bar for pulls.
 
 use http_body_util::BodyExt as _;
 
@@ -8,6 +8,16 @@ use crate::client::Client;
 pub async fn run(client: &Client, json: bool, cmd: ImageCommand) -> Result<(), CliError> {
     match cmd {
         ImageCommand::Pull { url, sha256 } => pull(client, json, &url, &sha256).await,
+        ImageCommand::Import { path } => {
+            let path = std::path::absolute(&path).map_err(|e| CliError::Other(format!("{path:?}: {e}")))?;
+            let img = client.image_import(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&img).unwrap_or_default());
+            } else {
+                println!("sha256:{} ({} bytes)", img.sha256, img.size);
+            }
+            Ok(())
+        }
         ImageCommand::Ls => {
             let imgs = client.image_list().await?;
             if json {

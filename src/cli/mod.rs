@@ -12,6 +12,9 @@ mod confine_args;
 mod limits;
 mod snapshots;
 mod stats;
+mod project;
+mod provision;
+mod ssh;
 mod table;
 mod vsock;
 
@@ -59,6 +62,9 @@ enum ImageCommand {
         #[arg(long)]
         sha256: String,
     },
+    /// Copy a local image file into the cache by content (a .zst or .xz
+    /// file is decompressed); the file itself is only read.
+    Import { path: PathBuf },
     /// List cached images.
     Ls,
     /// Delete a cached image (refused while a VM uses it).
@@ -107,14 +113,34 @@ enum Command {
         #[command(flatten)]
         confine: confine_args::ConfineArgs,
     },
-    /// Create a VM from a TOML spec file and boot it.
+    /// Create a VM from a TOML spec file and boot it; without FILE, every
+    /// VM of the project file ./Paddock.toml, then provision them.
     Up {
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Return when the guest runs, or when its console readiness
         /// pattern matched.
         #[arg(long, value_enum, default_value = "running")]
         wait: Wait,
         #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Stop every VM of ./Paddock.toml; --destroy removes them, their data
+    /// disks and their provisioning logs.
+    Down {
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Recreate every VM of ./Paddock.toml from the file (data disks kept)
+    /// and provision it.
+    Reload {
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Run the provisioning steps of ./Paddock.toml again (one VM or all).
+    Provision {
+        name: Option<String>,
+        /// Seconds to wait for each VM's SSH server.
+        #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
     /// List VMs.
@@ -141,6 +167,9 @@ enum Command {
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
+        /// The last provisioning output (of ./Paddock.toml's VM) instead.
+        #[arg(long, conflicts_with = "follow")]
+        provision: bool,
     },
     /// Attach to the serial console (Ctrl-] detaches).
     Console { name: String },
@@ -172,6 +201,13 @@ enum Command {
         /// Also delete the VM's data disk.
         #[arg(long)]
         volumes: bool,
+    },
+    /// Log in to the guest with ssh (the spec's `[ssh]`: its user, the
+    /// key Paddock generated, the lease or forwarded port), or run COMMAND.
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Manage the image cache.
     #[command(subcommand)]
@@ -308,7 +344,12 @@ async fn run(cli: Cli) -> i32 {
                 }
             };
         }
-        Command::Up { file, wait, timeout } => async {
+        Command::Up { file: None, timeout, .. } => project::up(&client, timeout).await,
+        Command::Down { destroy } => project::down(&client, destroy).await,
+        Command::Reload { timeout } => project::reload(&client, timeout).await,
+        Command::Provision { name, timeout } => project::provision(&client, name, timeout).await,
+        Command::Logs { name, provision: true, .. } => project::provision_log(&name),
+        Command::Up { file: Some(file), wait, timeout } => async {
             let spec = crate::config::load_spec_file(&file).map_err(CliError::Spec)?;
             let info = client.up(&spec, wait.into(), timeout).await?;
             print_one(json, &info);
@@ -342,7 +383,7 @@ async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         .await,
-        Command::Logs { name, follow } => async {
+        Command::Logs { name, follow, provision: false } => async {
             let mut body = client.console(&name, follow).await?;
             let mut out = std::io::stdout();
             while let Some(frame) = body.frame().await {
@@ -373,6 +414,7 @@ async fn run(cli: Cli) -> i32 {
         .await,
         Command::Start { name, wait, timeout } => client.start(&name, wait.into(), timeout).await.map(|i| print_one(json, &i)).map_err(Into::into),
         Command::Image(cmd) => images::run(&client, json, cmd).await,
+        Command::Ssh { name, command } => ssh::run(&client, &name, command).await,
         Command::Volume(cmd) => vsock::volume(&client, json, cmd).await,
         Command::Snapshot(args) => snapshots::snapshot(&client, json, args).await,
         Command::Restore(args) => snapshots::restore(&client, json, args).await,

@@ -40,6 +40,7 @@ pub struct QemuConfig {
     pub vsock: Option<QemuVsock>,
     pub paths: RunPaths,
     pub on_panic: OnPanic,
+    pub display: Option<crate::spec::Display>,
 }
 
 /// QEMU's own action on a guest panic (`-action panic=`), so the VM is
@@ -164,6 +165,9 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
             push("-device", "vhost-user-vsock-pci,chardev=vsock0".into());
         }
     }
+    for (k, v) in crate::display::qemu_args(cfg.display, &cfg.paths) {
+        push(k, v);
+    }
     // The guest panic device turns a guest kernel panic into a QMP event.
     push("-device", "pvpanic".into());
     push("-action", format!("panic={}", panic_action(cfg.on_panic)));
@@ -197,9 +201,17 @@ mod tests {
             disks: vec![],
             net: QemuNet::None,
             vsock: None,
+            display: None,
             paths: RunPaths::new(Path::new("/run/paddock"), "web"),
             on_panic: OnPanic::Restart,
         }
+    }
+
+    #[test]
+    fn vnc_display_golden() {
+        let mut c = base();
+        c.display = Some(crate::spec::Display::Vnc);
+        golden("qemu-vnc.argv", &build(&c));
     }
 
     #[test]

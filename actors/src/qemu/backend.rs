@@ -81,7 +81,7 @@ impl Backend for QemuBackend {
     }
 
     fn prepare(&self, spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> Result<LaunchPlan, Error> {
-        for p in [&paths.control_socket, &paths.serial_socket] {
+        for p in [&paths.control_socket, &paths.serial_socket, &crate::display::vnc_socket(paths)] {
             if p.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::Io {
                     context: format!("socket path {p:?} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --run-dir"),
@@ -125,8 +125,10 @@ impl Backend for QemuBackend {
             vsock,
             paths: paths.clone(),
             on_panic: spec.on_panic,
+            display: spec.display,
         };
-        let guest_address = crate::backend::reach(spec, lease);
+        let mut guest_address = crate::backend::reach(spec, lease);
+        guest_address.extend(crate::display::address(spec, paths));
         Ok(LaunchPlan {
             program: self.binary.clone(),
             arg0: None,
