@@ -297,6 +297,12 @@ pub trait Backend: Send + Sync + 'static {
     fn exit_fault(&self, _paths: &RunPaths, _exit: &crate::vm::phase::ExitInfo) -> Option<String> {
         None
     }
+    /// Whether the control channel ends with `Closed` after the last
+    /// events of an exit (QMP does; CH's event file has no such end), so
+    /// the exit waits for them before it is judged.
+    fn drains_events_after_exit(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

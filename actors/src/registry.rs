@@ -205,7 +205,7 @@ impl RegistryState {
         crate::crash_point!("up.after-insert");
         self.deps.events.publish(&spec.name, EventKind::Created, 0, None).await;
         let name = spec.name.clone();
-        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, backend, deps: self.deps.clone(), recovery: None };
+        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, provisional: true, backend, deps: self.deps.clone(), recovery: None };
         let vm = match Actor::spawn_linked(None, VmActor, args, me.get_cell()).await {
             Ok((vm, _)) => vm,
             Err(e) => {
@@ -294,6 +294,7 @@ impl RegistryState {
             spec: rec.spec,
             phase: rec.phase,
             generation: rec.generation,
+            provisional: rec.provisional,
             backend,
             deps: self.deps.clone(),
             recovery: Some(recovery),

@@ -77,6 +77,10 @@ impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
     }
+    /// QMP ends its stream with `Closed` after the last event.
+    fn drains_events_after_exit(&self) -> bool {
+        true
+    }
 
     fn prepare(&self, spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> Result<LaunchPlan, Error> {
         for p in [&paths.control_socket, &paths.serial_socket] {

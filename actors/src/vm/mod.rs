@@ -5,6 +5,7 @@
 
 mod actor;
 mod messages;
+pub mod core;
 pub mod restart;
 pub mod phase;
 
