@@ -785,7 +785,8 @@ mod tests {
 
     #[test]
     fn restart_limits_that_would_never_bind_are_refused_naming_the_field() {
-        let cases: [(&str, fn(&mut RestartSpec)); 3] = [
+        type Breaker = fn(&mut RestartSpec);
+        let cases: [(&str, Breaker); 3] = [
             ("restart.window_secs", |r| r.window_secs = 0),
             ("restart.stable_secs", |r| r.stable_secs = 0),
             ("restart.max_restarts", |r| r.max_restarts = 0),

@@ -488,6 +488,10 @@ impl VmState {
                 let pid = self.run.as_ref().map(|r| r.pid);
                 tracing::warn!(vm = %self.name, ?pid, phase = ?self.core.phase, fault = note.as_deref().unwrap_or(""), "hypervisor crashed");
             }
+            Effect::GiveUp { reason } => {
+                tracing::warn!(vm = %self.name, %reason, "restart policy gives up");
+                let _ = self.apply(me, Event::GaveUp { reason }).await;
+            }
             Effect::Control { pause } => {
                 // Only a request's own task asks (see `on_pause`).
                 tracing::debug!(vm = %self.name, pause, "control command requested");

@@ -157,6 +157,8 @@ pub enum Event {
     ResumeObserved,
     /// Writing `Booted` failed: the start is abandoned.
     BootUnrecorded { reason: String },
+    /// The restart policy gave up after the end was recorded.
+    GaveUp { reason: String },
 }
 
 /// Durable writes, performed before the new core takes effect.
@@ -201,6 +203,8 @@ pub enum Effect {
     Crashed { note: Option<String> },
     /// Ask the control channel to pause or resume.
     Control { pause: bool },
+    /// The policy gives up: apply `GaveUp` once this end is announced.
+    GiveUp { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +449,13 @@ pub fn step(core: &Core, event: &Event, now: u64) -> Step {
             run.start_failure = Some(reason.clone());
             fx.push(Effect::Kill);
         }
+        E::GaveUp { reason } => match &c.phase {
+            P::Crashed { .. } | P::Stopped { .. } => {
+                c.phase = P::Failed { reason: reason.clone() };
+                fx.push(Effect::Phase { durable: false });
+            }
+            P::Defined | P::Starting | P::Running | P::Paused | P::Stopping { .. } | P::Failed { .. } => return Err(Denied::Stale),
+        },
         E::Exited(ending) => {
             let Some(run) = c.run.take() else { return Err(Denied::Stale) };
             ended(&mut c, &mut fx, ending, Some(run), now);
@@ -675,9 +686,8 @@ fn ended(c: &mut Core, fx: &mut Vec<Effect>, e: &Ending, run: Option<Run>, now: 
             fx.push(Effect::ScheduleRestart { token: c.restart_token, delay_ms, attempt, bound_ms });
         }
         Decision::GiveUp { reason } => {
-            c.phase = VmPhase::Failed { reason };
             fx.push(Effect::SaveStreak);
-            fx.push(Effect::Phase { durable: false });
+            fx.push(Effect::GiveUp { reason });
         }
     }
 }

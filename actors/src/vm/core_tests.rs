@@ -67,6 +67,7 @@ fn events() -> Vec<(&'static str, Event)> {
         ("pause-observed", Event::PauseObserved),
         ("resume-observed", Event::ResumeObserved),
         ("boot-unrecorded", Event::BootUnrecorded { reason: "r".into() }),
+        ("gave-up", Event::GaveUp { reason: "r".into() }),
     ]
 }
 
@@ -108,6 +109,7 @@ adopted         .        starting running  paused   running  .        .        .
 pause-observed  .        .        paused   .        .        .        .        .
 resume-observed .        .        .        running  .        .        .        .
 boot-unrecorded .        starting running  paused   stopping .        .        .
+gave-up         .        .        .        .        .        failed   failed   .
 ";
 
 #[test]
@@ -238,6 +240,10 @@ fn the_restart_streak_survives_a_daemon_restart() {
     for _ in 0..6 {
         now += 100;
         let (n, fx) = drive(c, &[Event::Exited(ending(ABORTED))], now);
+        let n = match fx.iter().find_map(|f| if let Effect::GiveUp { reason } = f { Some(reason.clone()) } else { None }) {
+            Some(reason) => drive(n, &[Event::GaveUp { reason }], now).0,
+            None => n,
+        };
         if let Some(Effect::ScheduleRestart { token, .. }) = fx.iter().find(|f| matches!(f, Effect::ScheduleRestart { .. })) {
             restarts += 1;
             // A daemon restart in between: only what the store holds survives.
@@ -452,6 +458,7 @@ impl Sim {
             }
             Effect::FailStarts { .. } | Effect::Crashed { .. } => {}
             Effect::Control { pause } => self.apply(if pause { Event::PauseObserved } else { Event::ResumeObserved })?,
+            Effect::GiveUp { reason } => self.apply(Event::GaveUp { reason })?,
         }
         Ok(())
     }
