@@ -221,6 +221,13 @@ impl Backend for CloudHypervisorBackend {
     }
 }
 
+/// Asks an orphaned Cloud Hypervisor (no VM actor) to end, over its API
+/// socket: `vm.shutdown`, then `vmm.shutdown`.
+pub async fn quit_orphan(api: &Path, timeout: Duration) -> bool {
+    let c = ApiClient::new(api, timeout);
+    quit(&c, &AtomicBool::new(true)).await.is_ok()
+}
+
 /// Ends the VMM: resume a paused VM first (shutting down a paused VM has
 /// hung CH, #816/#817), `vm.shutdown`, then `vmm.shutdown`. The process may
 /// exit before its answer arrives: a closed connection, or a socket nobody

@@ -72,6 +72,14 @@ impl QemuBackend {
     }
 }
 
+/// Asks an orphaned QEMU (no VM actor) to quit over its QMP socket.
+pub async fn quit_orphan(qmp: &std::path::Path, timeout: Duration) -> bool {
+    match QmpClient::connect(qmp, timeout).await {
+        Ok(mut c) => c.execute("quit", None).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[async_trait]
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {

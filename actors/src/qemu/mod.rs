@@ -5,4 +5,4 @@ pub mod argv;
 mod backend;
 pub mod qmp;
 
-pub use backend::QemuBackend;
+pub use backend::{quit_orphan, QemuBackend};
