@@ -269,15 +269,10 @@ impl Actor for VmActor {
                 tracing::error!(vm = %st.name, error = %err, "process watch actor failed");
                 return Ok(());
             };
-            let now = Instant::now();
-            while st.child_restarts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-                st.child_restarts.pop_front();
-            }
-            if st.child_restarts.len() >= CHILD_RESTARTS_PER_MINUTE {
+            if !may_restart_child(&mut st.child_restarts, Instant::now()) {
                 tracing::error!(vm = %st.name, child, error = %err, "child actor keeps failing; not restarted again");
                 return Ok(());
             }
-            st.child_restarts.push_back(now);
             tracing::warn!(vm = %st.name, child, error = %err, "child actor failed; restarting it alone");
             // One-for-one: the VM keeps running; only the child comes back.
             let restarted = match child {
@@ -1312,6 +1307,20 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether a failed child may be restarted now: at most
+/// `CHILD_RESTARTS_PER_MINUTE` in any minute (a child that fails at once
+/// every time would otherwise spin).
+fn may_restart_child(history: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while history.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        history.pop_front();
+    }
+    if history.len() >= CHILD_RESTARTS_PER_MINUTE {
+        return false;
+    }
+    history.push_back(now);
+    true
+}
+
 /// Arms the timer of a rung: `LadderTimeout` at `deadline_ms` (wall clock).
 fn arm_rung_timer(me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, deadline_ms: u64) {
     let wait = Duration::from_millis(deadline_ms.saturating_sub(crate::store::now_ms()));
@@ -1360,4 +1369,19 @@ fn tail_bytes(path: &std::path::Path, max: usize) -> Vec<u8> {
 
 fn tail_of(path: &std::path::Path, max: usize) -> String {
     String::from_utf8_lossy(&tail_bytes(path, max)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_restarted_at_most_five_times_a_minute() {
+        let mut h = VecDeque::new();
+        let t0 = Instant::now();
+        let allowed = (0..10).filter(|i| may_restart_child(&mut h, t0 + Duration::from_secs(*i))).count();
+        assert_eq!(allowed, CHILD_RESTARTS_PER_MINUTE);
+        // A minute after the first ones, there is room again.
+        assert!(may_restart_child(&mut h, t0 + Duration::from_secs(61)));
+    }
 }
