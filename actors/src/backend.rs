@@ -58,9 +58,10 @@ pub struct LaunchPlan {
     pub guest_address: Vec<String>,
     /// Recognises our process in /proc/PID/cmdline (e.g. `paddock-web`).
     pub marker: String,
-    /// The body of `vm.create`, for a backend that configures its VM
-    /// through the control channel (Cloud Hypervisor) rather than argv.
-    pub api_config: Option<Box<crate::cloud_hypervisor::api::VmConfig>>,
+    /// A backend's own boot configuration, sent over its control channel
+    /// after the spawn rather than on argv (Cloud Hypervisor: the body of
+    /// `vm.create`). Opaque here: only its backend reads it.
+    pub boot_payload: Option<serde_json::Value>,
     /// The guest's network, typed (None without a network).
     pub network: Option<crate::board::NetworkInfo>,
     /// How the host reaches the guest's vsock (None without vsock).
@@ -131,7 +132,7 @@ pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netm
         accel: spec.accel,
         guest_address: reach(spec, lease),
         marker: marker(&spec.name),
-        api_config: None,
+        boot_payload: None,
         network: network_info(spec, lease),
         vsock: vsock_info(spec, paths),
         vsock_device: None,

@@ -145,7 +145,7 @@ impl Backend for QemuBackend {
             accel,
             guest_address,
             marker: argv::marker(&spec.name),
-            api_config: None,
+            boot_payload: None,
             network: crate::backend::network_info(spec, lease),
             vsock: crate::backend::vsock_info(spec, paths),
             vsock_device,
