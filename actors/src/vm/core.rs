@@ -649,6 +649,13 @@ fn ended(c: &mut Core, fx: &mut Vec<Effect>, e: &Ending, run: Option<Run>, now: 
         }
         return;
     }
+    if let VmPhase::Stopping { rung } = c.phase {
+        // Found gone after a daemon restart while it was being stopped:
+        // the stop is complete.
+        c.phase = VmPhase::Stopped { rung: Some(rung), exit: Some(e.exit) };
+        fx.push(Effect::Phase { durable: false });
+        return;
+    }
     let start_failure = run.as_ref().and_then(|r| r.start_failure.clone());
     if c.phase == VmPhase::Starting && (c.up || c.start_waiters > 0 || start_failure.is_some()) {
         // Killed by us because control never answered, or ended by itself

@@ -260,6 +260,15 @@ fn the_restart_streak_survives_a_daemon_restart() {
 }
 
 #[test]
+fn a_vm_found_gone_while_it_was_being_stopped_is_stopped_not_crashed() {
+    let mut c = Core::new(VmPhase::Stopping { rung: Rung::Term }, policy(RestartPolicy::Always), true, Streak::default());
+    c.policy.restart.policy = RestartPolicy::Always;
+    let (c, fx) = drive(c, &[Event::Lost { jitter: 0.5 }], T0);
+    assert!(matches!(c.phase, VmPhase::Stopped { rung: Some(Rung::Term), .. }), "{:?}", c.phase);
+    assert!(!fx.iter().any(|f| matches!(f, Effect::ScheduleRestart { .. })));
+}
+
+#[test]
 fn a_hypervisor_that_exits_0_after_a_fault_crashed() {
     let mut c = running();
     c.policy = policy(RestartPolicy::OnFailure);
@@ -297,7 +306,9 @@ enum Op {
     ControlFail,
     Advance(u64),
     NextTimer,
-    DaemonRestart,
+    /// The daemon dies and comes back; with `true` the hypervisor died too
+    /// while nobody watched.
+    DaemonRestart(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -313,7 +324,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::ControlFail),
         2 => (0u64..40_000).prop_map(Op::Advance),
         4 => Just(Op::NextTimer),
-        2 => Just(Op::DaemonRestart),
+        2 => any::<bool>().prop_map(Op::DaemonRestart),
     ]
 }
 
@@ -515,7 +526,16 @@ impl Sim {
                 self.fire_before(u64::MAX)?;
                 Ok(())
             }
-            Op::DaemonRestart => self.daemon_restart(),
+            Op::DaemonRestart(died) => {
+                if died {
+                    if let Some(p) = self.process.take() {
+                        if self.now - p.since >= self.spec.stable_secs * 1000 {
+                            self.restarts.clear();
+                        }
+                    }
+                }
+                self.daemon_restart()
+            }
         }
     }
 
@@ -550,7 +570,10 @@ impl Sim {
         if alive {
             self.apply(Event::Adopted { desired: self.stored.desired.unwrap_or(Desired::Running) })
         } else if phase.is_active() {
-            self.apply(Event::Lost { jitter: 0.5 })
+            let stopping = matches!(phase, VmPhase::Stopping { .. });
+            self.apply(Event::Lost { jitter: 0.5 })?;
+            prop_assert!(!stopping || matches!(self.core.phase, VmPhase::Stopped { .. }), "a stop found done became {:?}", self.core.phase);
+            Ok(())
         } else {
             Ok(())
         }
