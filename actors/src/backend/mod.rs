@@ -356,3 +356,6 @@ pub(crate) mod tests_support {
         assert_eq!(text, want, "output differs from {path:?}; if intended, refresh with PADDOCK_UPDATE_GOLDEN=1");
     }
 }
+
+pub mod cloud_hypervisor;
+pub mod qemu;
