@@ -28,6 +28,20 @@ impl std::error::Error for SpecError {}
 pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] SpecError),
+    /// A file the spec names (boot, disks) that cannot be used; the
+    /// images crate's error names the field.
+    #[error("invalid spec: {0}")]
+    ImageFile(#[from] paddock_images::Error),
+    /// Making the VM's disks (overlay, data disk, seed, service disk).
+    #[error(transparent)]
+    Disk(#[from] crate::host::DiskError),
+    /// The VM's network lease (TAP, rules); `name` is "*" for the table.
+    #[error("VM {name:?}: network lease")]
+    Network {
+        name: String,
+        #[source]
+        source: paddock_net::Error,
+    },
     #[error("no VM named {name:?}")]
     NotFound { name: String },
     #[error("no kept volume named {name:?}; see `paddock volume ls`")]

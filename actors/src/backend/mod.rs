@@ -87,14 +87,6 @@ pub struct CheckedDisk {
     pub serial: String,
 }
 
-/// A `paddock-images` check failure as a spec error naming the field
-/// (its message already starts with the field name).
-pub fn image_error(e: paddock_images::Error) -> Error {
-    let text = e.to_string();
-    let (field, message) = text.split_once(": ").unwrap_or(("boot", text.as_str()));
-    Error::InvalidSpec(crate::error::SpecError::new(field, message))
-}
-
 /// Checks every disk the guest gets besides a firmware boot disk, in the
 /// order the guest sees them: with a direct kernel boot, `boot.disk` (an
 /// image's overlay by now) first as the root disk (serial `root`), then the
@@ -103,16 +95,16 @@ pub fn image_error(e: paddock_images::Error) -> Error {
 pub fn check_disks(spec: &VmSpec) -> Result<Vec<CheckedDisk>, Error> {
     let mut disks = Vec::new();
     if let (Some(_), Some(root)) = (&spec.boot.kernel, &spec.boot.disk) {
-        check_file("boot.disk", root).map_err(image_error)?;
-        let format = paddock_images::detect_format("boot.disk", root).map_err(image_error)?;
+        check_file("boot.disk", root)?;
+        let format = paddock_images::detect_format("boot.disk", root)?;
         disks.push(CheckedDisk { path: root.clone(), format, readonly: false, serial: crate::disks::ROOT_SERIAL.into() });
     }
     for (i, d) in spec.disks.iter().enumerate() {
         let field = format!("disks[{i}].path");
-        paddock_images::check_file(&field, &d.path).map_err(image_error)?;
+        paddock_images::check_file(&field, &d.path)?;
         let format = match d.format {
             Some(f) => f,
-            None => paddock_images::detect_format(&field, &d.path).map_err(image_error)?,
+            None => paddock_images::detect_format(&field, &d.path)?,
         };
         let serial = d.serial.clone().unwrap_or_else(|| format!("disk{i}"));
         disks.push(CheckedDisk { path: d.path.clone(), format, readonly: d.readonly, serial });
@@ -160,9 +152,9 @@ pub fn kernel_boot(
     kernel: &Path,
     lease: Option<&crate::netmgr::Lease>,
 ) -> Result<(Option<PathBuf>, Option<String>), Error> {
-    check_file("boot.kernel", kernel).map_err(image_error)?;
+    check_file("boot.kernel", kernel)?;
     if let Some(i) = &spec.boot.initrd {
-        check_file("boot.initrd", i).map_err(image_error)?;
+        check_file("boot.initrd", i)?;
     }
     let cmdline = match (lease.filter(|_| spec.cloud_init.is_none()), spec.boot.cmdline.clone()) {
         (Some(l), c) => {

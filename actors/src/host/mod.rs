@@ -2,6 +2,9 @@
 //! lease, its disks, and the accelerator check.
 
 pub mod accel;
+mod disk_error;
 pub mod disks;
 pub mod netmgr;
 pub mod process;
+
+pub use disk_error::DiskError;

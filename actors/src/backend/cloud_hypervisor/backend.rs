@@ -22,7 +22,7 @@ use super::events;
 use super::exit;
 use super::stale;
 use crate::accel;
-use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{Accel, BackendKind, NetworkMode, VmSpec};
 use crate::vm::phase::ExitInfo;
@@ -126,7 +126,7 @@ impl Backend for CloudHypervisorBackend {
                 ChBoot::Kernel { kernel: kernel.clone(), initrd, cmdline }
             }
             (None, Some(disk)) => {
-                check_file("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.disk", disk)?;
                 let Some(fw) = &spec.boot.firmware else {
                     return Err(SpecError::new(
                         "boot.firmware",
@@ -134,8 +134,8 @@ impl Backend for CloudHypervisorBackend {
                     )
                     .into());
                 };
-                check_file("boot.firmware", fw).map_err(image_error)?;
-                let format = detect_format("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.firmware", fw)?;
+                let format = detect_format("boot.disk", disk)?;
                 ChBoot::Disk { disk: disk.clone(), format, firmware: fw.clone() }
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
@@ -342,6 +342,7 @@ mod tests {
     fn field_of(e: Error) -> String {
         match e {
             Error::InvalidSpec(s) => s.field,
+            Error::ImageFile(f) => f.field().to_string(),
             other => panic!("not a spec error: {other}"),
         }
     }

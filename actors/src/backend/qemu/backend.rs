@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::argv::{self, QemuBoot, QemuConfig, QemuNet, QemuVsock};
 use super::qmp::QmpClient;
 use crate::accel;
-use crate::backend::{check_disks, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
 use crate::vsock;
@@ -106,11 +106,11 @@ impl Backend for QemuBackend {
                 QemuBoot::Kernel { kernel: kernel.clone(), initrd, cmdline }
             }
             (None, Some(disk)) => {
-                check_file("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.disk", disk)?;
                 if let Some(fw) = &spec.boot.firmware {
-                    check_file("boot.firmware", fw).map_err(image_error)?;
+                    check_file("boot.firmware", fw)?;
                 }
-                let format = detect_format("boot.disk", disk).map_err(image_error)?;
+                let format = detect_format("boot.disk", disk)?;
                 QemuBoot::Disk { disk: disk.clone(), format, firmware: spec.boot.firmware.clone() }
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
