@@ -1,28 +1,7 @@
 //! The errors of the supervision layer. The daemon maps each variant to an
 //! API error kind in one place (`src/api/error.rs`).
 
-use std::fmt;
-
-/// A spec value that cannot work, with the field it is about.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError { field: field.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for SpecError {}
+pub use crate::spec_error::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -28,6 +28,7 @@ pub mod recovery;
 pub mod registry;
 mod ring;
 pub mod spec;
+pub mod spec_error;
 pub mod state;
 pub mod vm;
 pub mod volumes;

@@ -9,7 +9,7 @@ use paddock_net::PortForward;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::error::SpecError;
+use crate::spec_error::SpecError;
 
 /// Longest VM name: `paddock-` + name must stay a readable process name, and
 /// later the TAP name is derived from an index, never from the name.

@@ -14,35 +14,10 @@ use tokio::sync::mpsc;
 use crate::error::Error;
 use paddock_images::check_file;
 use crate::spec::{Accel, BackendKind, VmSpec};
-
-/// Where one VM's runtime files live: `<run-dir>/<name>/...`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RunPaths {
-    pub dir: PathBuf,
-    pub control_socket: PathBuf,
-    pub serial_socket: PathBuf,
-    /// Written by the hypervisor itself, so it has no gap while the
-    /// supervisor is down; the Console actor tails it.
-    pub console_log: PathBuf,
-    /// The hypervisor's stdout and stderr; quoted in start errors.
-    pub stderr_log: PathBuf,
-}
+pub use crate::state::run_paths::RunPaths;
 
 /// `sun_path` is 108 bytes including the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
-
-impl RunPaths {
-    pub fn new(run_dir: &Path, name: &str) -> Self {
-        let dir = run_dir.join(name);
-        RunPaths {
-            control_socket: dir.join("control.sock"),
-            serial_socket: dir.join("serial.sock"),
-            console_log: dir.join("console.log"),
-            stderr_log: dir.join("hypervisor.log"),
-            dir,
-        }
-    }
-}
 
 /// Everything needed to start the hypervisor, decided before it starts.
 #[derive(Debug, Clone)]

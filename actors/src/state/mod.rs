@@ -3,4 +3,8 @@
 
 pub mod board;
 pub mod events;
+pub mod phase;
+pub mod run_paths;
 pub mod store;
+pub mod streak;
+pub mod vsock_info;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::events::Event;
 use crate::spec::VmSpec;
-use crate::vm::phase::VmPhase;
+use crate::state::phase::VmPhase;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -81,7 +81,7 @@ pub struct RunRecord {
     /// Field 22 of /proc/PID/stat, in clock ticks since boot.
     pub start_time: u64,
     pub boot_id: String,
-    pub paths: crate::backend::RunPaths,
+    pub paths: crate::state::run_paths::RunPaths,
 }
 
 #[derive(Clone)]
@@ -254,7 +254,7 @@ impl Store {
 
     /// The VM's crash streak, kept so a daemon restart does not forgive
     /// a crash loop.
-    pub async fn save_streak(&self, name: &str, streak: &crate::vm::restart::Streak) -> Result<(), StoreError> {
+    pub async fn save_streak(&self, name: &str, streak: &crate::state::streak::Streak) -> Result<(), StoreError> {
         let (name, body) = (name.to_string(), serde_json::to_string(streak)?);
         self.with(move |c| {
             c.execute(
@@ -267,7 +267,7 @@ impl Store {
     }
 
     /// The saved streak; none saved is an empty one.
-    pub async fn load_streak(&self, name: &str) -> Result<crate::vm::restart::Streak, StoreError> {
+    pub async fn load_streak(&self, name: &str) -> Result<crate::state::streak::Streak, StoreError> {
         let name = name.to_string();
         let body: Option<String> = self
             .with(move |c| {
@@ -327,7 +327,7 @@ impl Store {
         .await
     }
 
-    pub async fn end_run(&self, id: i64, exit: &crate::vm::phase::ExitInfo) -> Result<(), StoreError> {
+    pub async fn end_run(&self, id: i64, exit: &crate::state::phase::ExitInfo) -> Result<(), StoreError> {
         let exit = serde_json::to_string(exit)?;
         self.with(move |c| {
             c.execute("UPDATE runs SET ended_ms = ?2, exit = ?3 WHERE id = ?1", params![id, now_ms(), exit])?;
@@ -570,7 +570,7 @@ mod tests {
         let s = Store::open(&dir.path().join("s.db")).unwrap();
         s.insert_vm(&spec("a"), &VmPhase::Defined).await.unwrap();
         assert_eq!(s.load_streak("a").await.unwrap(), Default::default());
-        let streak = crate::vm::restart::Streak { count: 2, recent: vec![1, 2] };
+        let streak = crate::state::streak::Streak { count: 2, recent: vec![1, 2] };
         s.save_streak("a", &streak).await.unwrap();
         drop(s);
         let s = Store::open(&dir.path().join("s.db")).unwrap();

@@ -10,8 +10,6 @@
 //! The streak is plain data in wall-clock milliseconds so the store can
 //! keep it: a daemon restart does not forgive a crash loop.
 
-use serde::{Deserialize, Serialize};
-
 use crate::spec::{RestartPolicy, RestartSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,22 +20,7 @@ pub enum Decision {
     GiveUp { reason: String },
 }
 
-/// The restart history of one VM, persisted with it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Streak {
-    /// Consecutive automatic restarts (the backoff exponent).
-    pub count: u32,
-    /// When the restarts inside the window happened (unix ms).
-    pub recent: Vec<u64>,
-}
-
-impl Streak {
-    /// An operator's start or stop ends the streak.
-    pub fn reset(&mut self) {
-        self.count = 0;
-        self.recent.clear();
-    }
-}
+pub use crate::state::streak::Streak;
 
 /// `failure`: crash, panic, signal or non-zero exit (as opposed to the
 /// guest powering itself off). `uptime_ms`: how long the run lasted.
