@@ -18,7 +18,6 @@ pub mod console;
 pub mod console_log;
 pub mod control;
 pub mod error;
-pub mod lease;
 pub mod private_dir;
 pub mod probe;
 pub mod failpoint;

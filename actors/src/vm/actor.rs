@@ -85,7 +85,6 @@ struct Run {
     run_id: Option<i64>,
     plan: LaunchPlan,
     process: ActorRef<ProcessMessage>,
-    lease: Option<ActorRef<crate::lease::LeaseMessage>>,
     control: Option<ActorRef<ControlMessage>>,
     console: Option<ActorRef<ConsoleMessage>>,
     /// Ready: the console pattern (if any) matched and the probe (if any)
@@ -259,9 +258,6 @@ impl Actor for VmActor {
             let child = if run.console.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.console = None;
                 "console"
-            } else if run.lease.as_ref().is_some_and(|c| c.get_id() == id) {
-                run.lease = None;
-                "lease"
             } else if run.control.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.control = None;
                 "control"
@@ -277,15 +273,6 @@ impl Actor for VmActor {
             // One-for-one: the VM keeps running; only the child comes back.
             let restarted = match child {
                 "console" => st.spawn_console(&me).await,
-                "lease" => {
-                    let lease = st.deps.net.lease_of_vm(&st.name).await.ok().flatten();
-                    let ok = lease.is_some();
-                    st.spawn_lease(&me, lease).await;
-                    if let Some(l) = st.run.as_ref().and_then(|r| r.lease.clone()) {
-                        let _ = l.cast(crate::lease::LeaseMessage::Ensure);
-                    }
-                    ok
-                }
                 // The core reconnects a channel that failed, with backoff.
                 _ => st.apply(&me, Event::ControlFailed { error: err.to_string() }).await.is_ok(),
             };
@@ -316,7 +303,6 @@ impl Run {
             run_id,
             plan,
             process,
-            lease: None,
             control: None,
             console: None,
             ready: false,
@@ -335,9 +321,6 @@ impl Run {
 
     fn stop_children(&self) {
         self.process.stop(None);
-        if let Some(l) = &self.lease {
-            l.stop(None);
-        }
         if let Some(c) = &self.control {
             c.stop(None);
         }
@@ -631,7 +614,6 @@ impl VmState {
         run.ready_from = ready_from;
         run.probe_target = probe_target;
         self.run = Some(run);
-        self.spawn_lease(me, lease).await;
         // The core asks for the control channel (`Connect`).
         let _ = self.apply(me, Event::Spawned).await;
         self.post_board();
@@ -683,15 +665,6 @@ impl VmState {
         tokio::task::spawn_blocking(move || crate::disks::materialize(&spec, &dir, &images, network))
             .await
             .map_err(|e| Error::Unavailable(format!("disk worker: {e}")))?
-    }
-
-    async fn spawn_lease(&mut self, me: &ActorRef<VmMessage>, lease: Option<crate::netmgr::Lease>) {
-        let (Some(run), Some(lease)) = (self.run.as_mut(), lease) else { return };
-        let args = crate::lease::LeaseArgs { net: self.deps.net.clone(), lease };
-        match Actor::spawn_linked(None, crate::lease::LeaseActor, args, me.get_cell()).await {
-            Ok((l, _)) => run.lease = Some(l),
-            Err(e) => tracing::error!(vm = %self.name, error = %e, "cannot spawn lease actor"),
-        }
     }
 
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
@@ -948,8 +921,7 @@ impl VmState {
                     run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
                 }
                 self.run = Some(run);
-                self.spawn_lease(me, lease).await;
-                self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
+                        self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
                 let desired = if stop { Desired::Stopped } else { Desired::Running };
                 if self.apply(me, Event::Adopted { desired }).await.is_err() {
                     self.finish_recovery();
