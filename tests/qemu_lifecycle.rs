@@ -150,7 +150,7 @@ async fn pause_resume_and_an_interactive_console() {
     assert_eq!(r.phase, VmPhase::Running);
 
     let mut io = c.attach("shell").await.expect("attach");
-    let second = c.attach("shell").await.err().expect("a second writer must be refused");
+    let second = c.attach("shell").await.expect_err("a second writer must be refused");
     assert_eq!(second.kind(), Some("conflict"));
     // The guest shell computes the answer, so an echo of our input alone
     // cannot satisfy the check.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::error::SpecError;
+use crate::spec_error::SpecError;
 
 /// Console files per VM: the live `console.log` plus rotated
 /// `console.log.1` .. `console.log.(files-1)`, each at most `max_bytes`.

@@ -1,33 +1,26 @@
 //! The errors of the supervision layer. The daemon maps each variant to an
 //! API error kind in one place (`src/api/error.rs`).
 
-use std::fmt;
-
-/// A spec value that cannot work, with the field it is about.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError { field: field.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for SpecError {}
+pub use crate::spec_error::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] SpecError),
+    /// A file the spec names (boot, disks) that cannot be used; the
+    /// images crate's error names the field.
+    #[error("invalid spec: {0}")]
+    ImageFile(#[from] paddock_images::Error),
+    /// Making the VM's disks (overlay, data disk, seed, service disk).
+    #[error(transparent)]
+    Disk(#[from] crate::host::DiskError),
+    /// The VM's network lease (TAP, rules); `name` is "*" for the table.
+    #[error("VM {name:?}: network lease")]
+    Network {
+        name: String,
+        #[source]
+        source: paddock_net::Error,
+    },
     #[error("no VM named {name:?}")]
     NotFound { name: String },
     #[error("no kept volume named {name:?}; see `paddock volume ls`")]

@@ -12,28 +12,20 @@
 //! durable store (SQLite), the event log and the status board. Does not
 //! own: the HTTP API, the CLI or configuration files (root package).
 
-pub mod accel;
 pub mod backend;
-pub mod board;
 pub mod bounds;
-pub mod cloud_hypervisor;
 pub mod confine;
 pub mod console;
 pub mod console_log;
 pub mod control;
-pub mod disks;
 pub mod display;
 pub mod error;
-pub mod events;
-pub mod lease;
-pub mod netmgr;
 pub mod private_dir;
 pub mod probe;
 pub mod failpoint;
+pub mod host;
 pub mod file_watch;
 pub mod labels;
-pub mod process;
-pub mod qemu;
 pub mod recovery;
 pub mod registry;
 mod ring;
@@ -41,10 +33,16 @@ pub mod snapshot;
 pub mod spec;
 pub mod steps;
 pub mod ssh_key;
-pub mod store;
+pub mod spec_error;
+pub mod state;
 pub mod vm;
 pub mod volumes;
 pub mod vsock;
+
+// Grouped by concern (backend/, state/, host/); the flat paths stay valid.
+pub use backend::{cloud_hypervisor, qemu};
+pub use host::{accel, disks, netmgr, process};
+pub use state::{board, events, store};
 
 pub use backend::{Backend, RunPaths};
 pub use board::{StatusBoard, VmInfo};

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::process::{boot_id, pidfd_open, pidfd_signal, process_start_time};
 use crate::store::RunRecord;
+use crate::vm::phase::Rung;
 
 /// The environment variable every hypervisor is started with: the
 /// instance id of the state directory whose supervisor started it.
@@ -254,10 +255,9 @@ pub fn find_orphans(run_dir: &Path, instance: &str, known: &[i32]) -> Vec<Orphan
     out
 }
 
-/// Stops an orphan through the ladder's non-guest rungs: quit (QMP `quit`
-/// or CH `vm.shutdown` + `vmm.shutdown`), then
-/// SIGTERM, then SIGKILL, each with a bounded wait. Returns the rung that
-/// ended it.
+/// Stops an orphan with the VM ladder's non-guest rungs (quit, SIGTERM,
+/// SIGKILL), each waiting `RUNG_WAIT_MS` as in a stop: the guest is not
+/// ours to ask, so there is no ACPI. Returns the rung that ended it.
 pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str {
     let Ok(fd) = pidfd_open(o.pid) else { return "gone" };
     // Same identity check as adoption: the pidfd must be the process we saw.
@@ -268,36 +268,35 @@ pub async fn stop_orphan(o: &Orphan, control_timeout: Duration) -> &'static str 
         Ok(fd) => fd,
         Err(_) => return "gone",
     };
-    let wait = |d: Duration| {
-        let fd = &fd;
-        async move { tokio::time::timeout(d, fd.readable()).await.is_ok() }
-    };
-    // A socket that is gone (a rollback removed the directory) or that
-    // refuses connections cannot carry a quit: go straight to signals
-    // instead of waiting the control timeout on it.
-    let reachable = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
-    let asked = match &o.control {
-        OrphanControl::Qmp(qmp) | OrphanControl::ChApi(qmp) if !reachable(qmp) => false,
-        OrphanControl::Qmp(qmp) => match crate::qemu::qmp::QmpClient::connect(qmp, control_timeout).await {
-            Ok(mut c) => c.execute("quit", None).await.is_ok(),
-            Err(_) => false,
-        },
-        OrphanControl::ChApi(api) => {
-            let c = crate::cloud_hypervisor::client::ApiClient::new(api, control_timeout);
-            crate::cloud_hypervisor::backend::quit(&c, &std::sync::atomic::AtomicBool::new(true)).await.is_ok()
+    let wait = Duration::from_millis(crate::vm::core::RUNG_WAIT_MS);
+    let mut rung = Some(Rung::Quit);
+    while let Some(r) = rung {
+        let acted = match r {
+            Rung::Acpi => false,
+            Rung::Quit => quit_orphan(&o.control, control_timeout).await,
+            Rung::Term => pidfd_signal(fd.get_ref(), libc::SIGTERM).is_ok(),
+            Rung::Kill => pidfd_signal(fd.get_ref(), libc::SIGKILL).is_ok(),
+        };
+        if acted && tokio::time::timeout(wait, fd.readable()).await.is_ok() {
+            return r.as_str();
         }
+        rung = r.next();
+    }
+    Rung::Kill.as_str()
+}
+
+/// The quit rung for an orphan, through its backend. A socket that is
+/// gone (a rollback removed the directory) or refuses connections cannot
+/// carry a quit: straight to signals instead of waiting the control
+/// timeout on it.
+async fn quit_orphan(control: &OrphanControl, timeout: Duration) -> bool {
+    let reachable = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
+    match control {
+        OrphanControl::Qmp(p) | OrphanControl::ChApi(p) if !reachable(p) => false,
+        OrphanControl::Qmp(qmp) => crate::qemu::quit_orphan(qmp, timeout).await,
+        OrphanControl::ChApi(api) => crate::cloud_hypervisor::backend::quit_orphan(api, timeout).await,
         OrphanControl::None => false,
-    };
-    if asked && wait(Duration::from_secs(5)).await {
-        return "quit";
     }
-    let _ = pidfd_signal(fd.get_ref(), libc::SIGTERM);
-    if wait(Duration::from_secs(5)).await {
-        return "sigterm";
-    }
-    let _ = pidfd_signal(fd.get_ref(), libc::SIGKILL);
-    wait(Duration::from_secs(5)).await;
-    "sigkill"
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ impl RegistryState {
         steps.lap("row+event");
         crate::crash_point!("up.after-insert");
         let name = spec.name.clone();
-        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, backend, deps: self.deps.clone(), recovery: None };
+        let args = VmArgs { spec, phase: VmPhase::Defined, generation: 0, provisional: true, backend, deps: self.deps.clone(), recovery: None };
         let vm = match Actor::spawn_linked(None, VmActor, args, me.get_cell()).await {
             Ok((vm, _)) => vm,
             Err(e) => {
@@ -302,6 +302,7 @@ impl RegistryState {
             spec: rec.spec,
             phase: rec.phase,
             generation: rec.generation,
+            provisional: rec.provisional,
             backend,
             deps: self.deps.clone(),
             recovery: Some(recovery),

@@ -9,7 +9,7 @@ use paddock_net::PortForward;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::error::SpecError;
+use crate::spec_error::SpecError;
 
 /// Longest VM name: `paddock-` + name must stay a readable process name, and
 /// later the TAP name is derived from an index, never from the name.
@@ -852,6 +852,20 @@ impl VmSpec {
                 .map_err(|e| SpecError::new("ready_pattern", format!("not a valid regular expression: {e}")))?;
         }
         let r = &self.restart;
+        // Zero would reset or empty the streak on every end: the limit
+        // would never be reached (a VM restarted without end).
+        if r.window_secs == 0 {
+            return Err(SpecError::new("restart.window_secs", "must be at least 1 (seconds in which max_restarts restarts are allowed)"));
+        }
+        if r.stable_secs == 0 {
+            return Err(SpecError::new("restart.stable_secs", "must be at least 1 (seconds of uptime after which the crash streak is forgotten)"));
+        }
+        if r.max_restarts == 0 && r.policy != RestartPolicy::Never {
+            return Err(SpecError::new(
+                "restart.max_restarts",
+                "must be at least 1 with a restart policy; use policy = \"never\" for no restarts",
+            ));
+        }
         if r.backoff_base_ms == 0 || r.backoff_cap_ms < r.backoff_base_ms {
             return Err(SpecError::new(
                 "restart.backoff_cap_ms",
@@ -875,6 +889,27 @@ mod tests {
         let s = spec();
         assert_eq!((s.vcpus, s.memory_mib, s.backend, s.accel), (1, 512, BackendKind::Qemu, Accel::Auto));
         assert_eq!(s.restart.policy, RestartPolicy::Never);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn restart_limits_that_would_never_bind_are_refused_naming_the_field() {
+        type Breaker = fn(&mut RestartSpec);
+        let cases: [(&str, Breaker); 3] = [
+            ("restart.window_secs", |r| r.window_secs = 0),
+            ("restart.stable_secs", |r| r.stable_secs = 0),
+            ("restart.max_restarts", |r| r.max_restarts = 0),
+        ];
+        for (field, break_it) in cases {
+            let mut s = spec();
+            s.restart.policy = RestartPolicy::OnFailure;
+            s.validate().unwrap();
+            break_it(&mut s.restart);
+            assert_eq!(s.validate().unwrap_err().field, field);
+        }
+        // No restarts at all is said with the policy, and then fine.
+        let mut s = spec();
+        s.restart.max_restarts = 0;
         s.validate().unwrap();
     }
 

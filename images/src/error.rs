@@ -19,4 +19,13 @@ pub enum Error {
     NotAFile { field: String, path: PathBuf },
 }
 
+impl Error {
+    /// The spec field the file came from.
+    pub fn field(&self) -> &str {
+        match self {
+            Error::NotAbsolute { field, .. } | Error::Unreadable { field, .. } | Error::NotAFile { field, .. } => field,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, Error>;

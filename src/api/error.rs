@@ -17,15 +17,16 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, kind, field) = match &e {
             Error::InvalidSpec(s) => (StatusCode::BAD_REQUEST, "invalid_spec", Some(s.field.clone())),
+            Error::ImageFile(f) => (StatusCode::BAD_REQUEST, "invalid_spec", Some(f.field().to_string())),
             Error::NotFound { .. } | Error::NoVolume { .. } => (StatusCode::NOT_FOUND, "not_found", None),
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "conflict", Some("name".to_string())),
-            Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict", None),
+            Error::Conflict { .. } | Error::Network { source: paddock_net::Error::Foreign { .. }, .. } => (StatusCode::CONFLICT, "conflict", None),
             Error::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy", None),
             Error::StartFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed", None),
             Error::BackendUnavailable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "backend_unavailable", Some("backend".to_string())),
             Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
             Error::Unavailable(_) | Error::NotRecorded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-            Error::Control { .. } | Error::Store(_) | Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            Error::Control { .. } | Error::Store(_) | Error::Io { .. } | Error::Disk(_) | Error::Network { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             Error::Snapshot(s) => snapshot_status(s),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -110,4 +111,22 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_image_and_network_errors_keep_their_kind_field_and_message() {
+        let image = paddock_images::Error::NotAbsolute { field: "disks[0].path".into(), path: "rel.img".into() };
+        let e = ApiError::from(Error::from(image));
+        assert_eq!((e.status, e.detail.kind.as_str(), e.detail.field.as_deref()), (StatusCode::BAD_REQUEST, "invalid_spec", Some("disks[0].path")));
+        assert_eq!(e.detail.message, "invalid spec: disks[0].path: path \"rel.img\" must be absolute");
+
+        let foreign = paddock_net::Error::Foreign { name: "pdtap0".into(), detail: "it has no Paddock owner alias".into() };
+        let e = ApiError::from(Error::Network { name: "web".into(), source: foreign });
+        assert_eq!((e.status, e.detail.kind.as_str()), (StatusCode::CONFLICT, "conflict"));
+        assert!(e.detail.message.starts_with("VM \"web\": network lease: interface pdtap0 exists and is not Paddock's"), "{}", e.detail.message);
+    }
 }

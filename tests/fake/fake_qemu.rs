@@ -10,6 +10,9 @@
 //!   exit=N          print an error to stderr and exit with code N at once
 //!   crash-after-ms=N  abort (SIGABRT) after N ms
 //!   panic-after-ms=N  emit GUEST_PANICKED, then exit, after N ms
+//!   gate=PATH       while PATH exists, a QMP connection gets no greeting
+//!                   (a busy hypervisor); it comes once PATH is gone
+//!   crash-when=PATH abort (SIGABRT) once PATH exists, removing it first
 //!   fill=PATH       before serving, fill PATH's file system (write PATH
 //!                   until ENOSPC): the disk is full right after the spawn
 //! Without flags it behaves like a guest that boots instantly, prints
@@ -34,6 +37,8 @@ struct Mode {
     crash_after_ms: Option<u64>,
     panic_after_ms: Option<u64>,
     fill: Option<PathBuf>,
+    gate: Option<PathBuf>,
+    crash_when: Option<PathBuf>,
 }
 
 fn mode() -> Mode {
@@ -49,6 +54,8 @@ fn mode() -> Mode {
             "crash-after-ms" => m.crash_after_ms = v.parse().ok(),
             "panic-after-ms" => m.panic_after_ms = v.parse().ok(),
             "fill" => m.fill = Some(PathBuf::from(v)),
+            "gate" => m.gate = Some(PathBuf::from(v)),
+            "crash-when" => m.crash_when = Some(PathBuf::from(v)),
             _ => {}
         }
     }
@@ -122,6 +129,15 @@ async fn main() {
             std::process::abort();
         });
     }
+    if let Some(path) = m.crash_when.clone() {
+        tokio::spawn(async move {
+            // Polled: the test's touch is the trigger, at any time.
+            while std::fs::remove_file(&path).is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::process::abort();
+        });
+    }
     if let Some(ms) = m.panic_after_ms {
         let ev = events.clone();
         let tx = exit_tx.clone();
@@ -171,6 +187,11 @@ async fn serve_qmp(s: UnixStream, m: Mode, events: broadcast::Sender<String>, ex
     if m.silent {
         let _hold = s;
         return std::future::pending().await;
+    }
+    if let Some(gate) = &m.gate {
+        while gate.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let (r, mut w) = s.into_split();
     let mut ev_rx = events.subscribe();

@@ -114,13 +114,8 @@ pub fn pass_inputs(spec: &VmSpec, own_dir: &Path, id: &Identity, plan: &mut Laun
     for arg in plan.args.iter_mut() {
         *arg = rename_in_arg(arg, &renames);
     }
-    if let Some(cfg) = plan.api_config.as_mut() {
-        if let Ok(mut value) = serde_json::to_value(&**cfg) {
-            rename_in_json(&mut value, &renames);
-            if let Ok(renamed) = serde_json::from_value(value) {
-                **cfg = renamed;
-            }
-        }
+    if let Some(payload) = plan.boot_payload.as_mut() {
+        rename_in_json(payload, &renames);
     }
     Ok(fds)
 }

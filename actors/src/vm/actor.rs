@@ -1,5 +1,6 @@
-//! The VM actor: turns requests and child notices into phase events,
-//! applies them through `phase::next`, and performs the effects.
+//! The VM actor: turns requests and child notices into `core::Event`s,
+//! asks `core::step` what to do, and performs the effects it returns.
+//! Every decision is the core's; this file only does I/O.
 //!
 //! Nothing here blocks the mailbox for long: control commands and the
 //! ladder's waits run as tasks or timers that report back as messages, so
@@ -7,23 +8,24 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use regex::Regex;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::core::{self, Core, Denied, Effect, Ending, Event, Policy, Record, StartFailure};
 use super::messages::{StopOutcome, VmMessage, WaitFor};
-use super::phase::{self, ExitInfo, PhaseEvent, Rung, VmPhase};
-use super::restart::{Decision, RestartTracker};
+use super::phase::{ExitInfo, Rung, VmPhase};
 use crate::backend::{Backend, ControlEvent, GuestStatus, LaunchPlan, RunPaths};
 use crate::board::{StatusBoard, VmInfo};
 use crate::console::{ConsoleActor, ConsoleArgs, ConsoleFollow, ConsoleMessage, RING_BYTES};
 use crate::control::{ControlActor, ControlArgs, ControlCommand, ControlMessage};
+use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::events::{EventBus, EventKind};
-use crate::crash_point;
 use crate::process::{self, ProcessActor, ProcessArgs, ProcessMessage, Watch};
 use crate::registry::RegistryMessage;
-use crate::spec::{Accel, OnPanic, VmSpec};
+use crate::spec::{OnPanic, VmSpec};
 use crate::store::{Desired, RunRecord, Store};
 
 #[path = "snapshot.rs"]
@@ -32,9 +34,10 @@ mod snapshot;
 /// How long an exit waits for the control channel's last events.
 const EXIT_DRAIN: Duration = Duration::from_millis(500);
 /// How long the Quit, SIGTERM and SIGKILL rungs each wait for the exit.
-pub const RUNG_WAIT: Duration = Duration::from_secs(5);
-/// At most this many callers may wait on one VM at once.
-const MAX_WAITERS: usize = 64;
+pub const RUNG_WAIT: Duration = Duration::from_millis(core::RUNG_WAIT_MS);
+/// A child actor that fails more often than this within a minute is not
+/// restarted again (its VM keeps running, without it).
+const CHILD_RESTARTS_PER_MINUTE: usize = 5;
 
 /// What every VM actor shares with the rest of the runtime.
 pub struct VmDeps {
@@ -60,6 +63,8 @@ pub struct VmArgs {
     pub spec: VmSpec,
     pub phase: VmPhase,
     pub generation: u64,
+    /// The VM's creation is not acknowledged yet (an `up` in progress).
+    pub provisional: bool,
     pub backend: Arc<dyn Backend>,
     pub deps: Arc<VmDeps>,
     /// Set when the VM comes from the database after a supervisor restart.
@@ -78,16 +83,15 @@ pub enum Recovery {
 
 pub struct VmActor;
 
-/// One life of the hypervisor process.
+/// The I/O side of one life of the hypervisor process (its decisions are
+/// in `core::Run`).
 struct Run {
     pid: i32,
     run_id: Option<i64>,
     plan: LaunchPlan,
     process: ActorRef<ProcessMessage>,
-    lease: Option<ActorRef<crate::lease::LeaseMessage>>,
     control: Option<ActorRef<ControlMessage>>,
     console: Option<ActorRef<ConsoleMessage>>,
-    control_up: bool,
     /// Ready: the console pattern (if any) matched and the probe (if any)
     /// answered, both in the current boot.
     ready: bool,
@@ -99,17 +103,12 @@ struct Run {
     ready_from: u64,
     probe_target: Option<crate::probe::ProbeTarget>,
     probe: Option<crate::probe::Probe>,
-    started: Instant,
-    /// The guest reported a panic (pvpanic): its end is a failure even if
-    /// the hypervisor exits 0.
+    /// The guest reported a panic that ends the run (pvpanic).
     panicked: bool,
     /// The last SHUTDOWN event: Some(true) if the guest asked for it.
     shutdown_by_guest: Option<bool>,
     /// The control channel delivered its last event.
     control_closed: bool,
-    /// Set when the start is abandoned (e.g. the control socket never
-    /// answered); the exit that follows reports this reason.
-    start_failure: Option<String>,
     /// The vhost-user vsock device process, stopped after the hypervisor.
     vsock_device: Option<crate::vsock::Device>,
     early_control: Option<crate::control::EarlyConnect>,
@@ -118,36 +117,27 @@ struct Run {
     incoming: Option<crate::backend::SavedState>,
 }
 
-struct Stopping {
-    attempt: u64,
-    rung: Rung,
-    started: Instant,
-    graceful: Duration,
-    waiters: Vec<RpcReplyPort<Result<StopOutcome>>>,
-    remove_after: Option<RpcReplyPort<Result<()>>>,
-}
-
 pub struct VmState {
     name: String,
     spec: VmSpec,
-    phase: VmPhase,
     generation: u64,
     paths: RunPaths,
     backend: Arc<dyn Backend>,
     deps: Arc<VmDeps>,
     ready_pattern: Option<Regex>,
+    /// Every decision's state.
+    core: Core,
     run: Option<Run>,
     start_waiters: Vec<(WaitFor, RpcReplyPort<Result<VmInfo>>)>,
-    /// The first start of `up`: on failure, delete the VM entirely.
-    rollback: bool,
-    stopping: Option<Stopping>,
-    stop_attempts: u64,
-    accel: Option<Accel>,
-    restarts: RestartTracker,
-    /// Identifies the pending automatic restart; bumping it cancels it.
-    restart_token: u64,
-    /// An adopted VM whose operator had asked it to stop.
-    stop_after_adopt: bool,
+    stop_waiters: Vec<RpcReplyPort<Result<StopOutcome>>>,
+    remove_waiters: Vec<RpcReplyPort<Result<()>>>,
+    /// When the current stop began (for its answer).
+    stop_started: Instant,
+    /// The error a failed launch is answered with (richer than a reason).
+    launch_error: Option<Error>,
+    /// The end of a stop could not be written: its answer says so.
+    stop_unrecorded: Option<Error>,
+    accel: Option<crate::spec::Accel>,
     /// Signalled once recovery of this VM finished (adopted or not).
     recovered: Option<tokio::sync::oneshot::Sender<()>>,
     recovery: Option<Recovery>,
@@ -155,6 +145,15 @@ pub struct VmState {
     remove_volumes: bool,
     /// An exit waiting for the control channel to drain.
     pending_exit: Option<(i32, ExitInfo)>,
+    /// When children were restarted lately (bounded per minute).
+    child_restarts: VecDeque<Instant>,
+}
+
+/// Why an event was not acted on.
+enum Refused {
+    Denied(Denied),
+    /// A durable write failed; nothing changed.
+    Unrecorded(Error),
 }
 
 impl Actor for VmActor {
@@ -167,10 +166,18 @@ impl Actor for VmActor {
         // Validated when the spec was accepted; a stored spec that no longer
         // compiles just loses readiness detection.
         let ready_pattern = a.spec.ready_pattern.as_deref().and_then(|p| Regex::new(p).ok());
+        let streak = match a.deps.store.load_streak(&a.spec.name).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(vm = %a.spec.name, error = %e, "cannot read the restart streak; starting a new one");
+                Default::default()
+            }
+        };
+        let policy = Policy { restart: a.spec.restart.clone(), on_panic: a.spec.on_panic };
         let st = VmState {
             name: a.spec.name.clone(),
+            core: Core::new(a.phase, policy, !a.provisional, streak),
             spec: a.spec,
-            phase: a.phase,
             generation: a.generation,
             paths,
             backend: a.backend,
@@ -178,17 +185,17 @@ impl Actor for VmActor {
             ready_pattern,
             run: None,
             start_waiters: Vec::new(),
-            rollback: false,
-            stopping: None,
-            stop_attempts: 0,
+            stop_waiters: Vec::new(),
+            remove_waiters: Vec::new(),
+            stop_started: Instant::now(),
+            launch_error: None,
+            stop_unrecorded: None,
             accel: None,
-            restarts: RestartTracker::default(),
-            restart_token: 0,
-            stop_after_adopt: false,
             recovered: None,
             recovery: a.recovery,
             remove_volumes: false,
             pending_exit: None,
+            child_restarts: VecDeque::new(),
         };
         st.post_board();
         Ok(st)
@@ -203,25 +210,15 @@ impl Actor for VmActor {
 
     async fn handle(&self, me: ActorRef<VmMessage>, msg: VmMessage, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            VmMessage::Start { wait, rollback, reply } => {
-                // An operator's start ends any crash streak.
-                st.restarts.reset();
-                st.restart_token += 1;
-                st.on_start(&me, wait, rollback, Some(reply)).await
-            }
+            VmMessage::Start { wait, rollback, reply } => st.on_start(&me, wait, rollback, reply).await,
             VmMessage::RestartNow { token } => {
-                if token == st.restart_token && !st.phase.is_active() {
-                    st.on_start(&me, WaitFor::Running, false, None).await;
-                }
+                let _ = st.apply(&me, Event::RestartDue { token }).await;
             }
-            VmMessage::Stop { graceful, reply } => st.on_stop(&me, graceful, Some(reply), None).await,
-            VmMessage::Pause { reply } => st.on_pause(&me, true, reply),
-            VmMessage::Resume { reply } => st.on_pause(&me, false, reply),
-            VmMessage::PauseDone { result, pause, reply } => st.on_pause_done(result, pause, reply).await,
-            VmMessage::Remove { force, volumes, reply } => {
-                st.remove_volumes = volumes;
-                st.on_remove(&me, force, reply).await
-            }
+            VmMessage::Stop { graceful, reply } => st.on_stop(&me, graceful, reply).await,
+            VmMessage::Pause { reply } => st.on_pause(&me, true, reply).await,
+            VmMessage::Resume { reply } => st.on_pause(&me, false, reply).await,
+            VmMessage::PauseDone { result, pause, reply } => st.on_pause_done(&me, result, pause, reply).await,
+            VmMessage::Remove { force, volumes, reply } => st.on_remove(&me, force, volumes, reply).await,
             VmMessage::Follow { reply } => st.on_follow(reply).await,
             VmMessage::Attach { reply } => st.on_attach(reply),
             VmMessage::Snapshot { snapshot, then, reply } => st.on_snapshot(&me, snapshot, then, reply),
@@ -233,12 +230,27 @@ impl Actor for VmActor {
                 }
             }
             VmMessage::ControlUp { status } => st.on_control_up(&me, status).await,
-            VmMessage::ControlFailed { error } => st.on_control_failed(error),
+            VmMessage::ControlFailed { error } => {
+                tracing::warn!(vm = %st.name, pid = ?st.run.as_ref().map(|r| r.pid), %error, "control channel failed");
+                let _ = st.apply(&me, Event::ControlFailed { error }).await;
+                st.finish_recovery();
+            }
+            VmMessage::ReconnectControl => {
+                let _ = st.apply(&me, Event::ReconnectDue).await;
+            }
             VmMessage::Control(ev) => st.on_control_event(&me, ev).await,
             VmMessage::ConsoleReady => st.on_console_ready().await,
             VmMessage::ProbeReady { boot } => st.on_probe_ready(boot).await,
-            VmMessage::LadderTimeout { attempt, rung } => st.escalate(&me, attempt, rung, "timed out").await,
-            VmMessage::LadderActionFailed { attempt, rung, error } => st.escalate(&me, attempt, rung, &error).await,
+            VmMessage::LadderTimeout { attempt, rung, deadline_ms } => {
+                if st.apply(&me, Event::RungTimeout { attempt, rung, deadline_ms }).await.is_ok() {
+                    tracing::info!(vm = %st.name, rung = rung.as_str(), "rung timed out");
+                }
+            }
+            VmMessage::LadderActionFailed { attempt, rung, error } => {
+                if st.apply(&me, Event::RungFailed { attempt, rung }).await.is_ok() {
+                    tracing::info!(vm = %st.name, rung = rung.as_str(), %error, "rung failed");
+                }
+            }
         }
         Ok(())
     }
@@ -257,31 +269,23 @@ impl Actor for VmActor {
             let child = if run.console.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.console = None;
                 "console"
-            } else if run.lease.as_ref().is_some_and(|c| c.get_id() == id) {
-                run.lease = None;
-                "lease"
             } else if run.control.as_ref().is_some_and(|c| c.get_id() == id) {
                 run.control = None;
-                run.control_up = false;
                 "control"
             } else {
                 tracing::error!(vm = %st.name, error = %err, "process watch actor failed");
                 return Ok(());
             };
+            if !may_restart_child(&mut st.child_restarts, Instant::now()) {
+                tracing::error!(vm = %st.name, child, error = %err, "child actor keeps failing; not restarted again");
+                return Ok(());
+            }
             tracing::warn!(vm = %st.name, child, error = %err, "child actor failed; restarting it alone");
             // One-for-one: the VM keeps running; only the child comes back.
             let restarted = match child {
                 "console" => st.spawn_console(&me).await,
-                "lease" => {
-                    let lease = st.deps.net.lease_of_vm(&st.name).await.ok().flatten();
-                    let ok = lease.is_some();
-                    st.spawn_lease(&me, lease).await;
-                    if let Some(l) = st.run.as_ref().and_then(|r| r.lease.clone()) {
-                        let _ = l.cast(crate::lease::LeaseMessage::Ensure);
-                    }
-                    ok
-                }
-                _ => st.spawn_control(&me).await,
+                // The core reconnects a channel that failed, with backoff.
+                _ => st.apply(&me, Event::ControlFailed { error: err.to_string() }).await.is_ok(),
             };
             if restarted {
                 let g = st.generation;
@@ -310,10 +314,8 @@ impl Run {
             run_id,
             plan,
             process,
-            lease: None,
             control: None,
             console: None,
-            control_up: false,
             ready: false,
             console_ready: false,
             probe_ready: false,
@@ -321,37 +323,17 @@ impl Run {
             ready_from: 0,
             probe_target: None,
             probe: None,
-            started: Instant::now(),
             panicked: false,
             shutdown_by_guest: None,
             control_closed: false,
-            start_failure: None,
             vsock_device: None,
             early_control: None,
             incoming: None,
         }
     }
 
-    /// Whether the end of this run counts against the restart policy: a
-    /// panic always does; a shutdown the guest asked for never does; a
-    /// shutdown from the host outside our ladder (someone's SIGTERM) does;
-    /// otherwise the exit status decides (unknown for adopted processes,
-    /// which then count as failures).
-    fn is_failure(&self, exit: &ExitInfo) -> bool {
-        if self.panicked {
-            return true;
-        }
-        match self.shutdown_by_guest {
-            Some(guest) => !guest,
-            None => !exit.is_clean(),
-        }
-    }
-
     fn stop_children(&self) {
         self.process.stop(None);
-        if let Some(l) = &self.lease {
-            l.stop(None);
-        }
         if let Some(c) = &self.control {
             c.stop(None);
         }
@@ -366,7 +348,7 @@ impl VmState {
         VmInfo {
             name: self.name.clone(),
             backend: self.spec.backend.as_str().to_string(),
-            phase: self.phase.clone(),
+            phase: self.core.phase.clone(),
             generation: self.generation,
             ready: self.run.as_ref().is_some_and(|r| r.ready),
             pid: self.run.as_ref().map(|r| r.pid),
@@ -384,47 +366,147 @@ impl VmState {
         self.deps.board.put(self.info());
     }
 
-    /// The one place the phase changes: compute, persist, publish.
-    async fn transition(&mut self, ev: PhaseEvent) -> std::result::Result<(), phase::Denied> {
-        self.transition_noted(ev, None).await
-    }
+    // ------------------------------------------------------------ the core
 
-    /// `transition`, with a message for the event (e.g. why a run failed).
-    async fn transition_noted(&mut self, ev: PhaseEvent, message: Option<String>) -> std::result::Result<(), phase::Denied> {
-        let next = phase::next(&self.phase, &ev)?;
-        self.phase = next;
-        self.generation += 1;
-        if let Err(e) = self.deps.store.set_phase(&self.name, &self.phase, self.generation).await {
-            tracing::error!(vm = %self.name, error = %e, "cannot persist phase");
+    /// The one way anything changes: ask the core, write what must be
+    /// durable (nothing changes if that fails), take the new state, then
+    /// perform the effects in order.
+    async fn apply(&mut self, me: &ActorRef<VmMessage>, ev: Event) -> std::result::Result<(), Refused> {
+        let (next, effects) = core::step(&self.core, &ev, crate::store::now_ms()).map_err(Refused::Denied)?;
+        let exited = matches!(ev, Event::Exited(_) | Event::Lost { .. });
+        for f in &effects {
+            if let Effect::Record(r) = f {
+                let written = match r {
+                    Record::Desired(d) => self.deps.store.set_desired(&self.name, *d).await,
+                    Record::Confirm => self.deps.store.confirm(&self.name).await,
+                };
+                if let Err(e) = written {
+                    tracing::error!(vm = %self.name, error = %error_chain(&e), record = ?r, "cannot record; nothing done");
+                    return Err(Refused::Unrecorded(self.not_recorded(record_words(r), &e)));
+                }
+            }
         }
-        self.announce_phase(message).await;
+        if next.ladder.is_some() && self.core.ladder.is_none() {
+            crash_point!("stop.after-intent");
+        }
+        let phase_changed = next.phase != self.core.phase;
+        let durable = effects.iter().any(|f| matches!(f, Effect::Phase { durable: true }));
+        let mut written = false;
+        let note = effects.iter().find_map(|f| match f {
+            Effect::Crashed { note } => note.clone(),
+            _ => None,
+        });
+        if phase_changed && durable {
+            // Phase and its event in one transaction: one fsync.
+            let change = crate::store::RowChange::Phase { name: self.name.clone(), phase: next.phase.clone(), generation: self.generation + 1, confirm: false };
+            let result = match note {
+                None => self.deps.events.publish_with(change, EventKind::Phase { phase: next.phase.clone() }, self.generation + 1).await.map(drop),
+                Some(_) => self.deps.store.set_phase(&self.name, &next.phase, self.generation + 1).await,
+            };
+            match result {
+                Ok(()) => written = true,
+                // An exit happened whether or not it is written: the stop
+                // is answered with the failure.
+                Err(e) if exited => self.stop_unrecorded = Some(self.not_recorded("it stopped", &e)),
+                Err(e) => return Err(Refused::Unrecorded(self.not_recorded(phase_words(&next.phase), &e))),
+            }
+        }
+        self.core = next;
+        if phase_changed {
+            self.generation += 1;
+            if !written {
+                if let Err(e) = self.deps.store.set_phase(&self.name, &self.core.phase, self.generation).await {
+                    tracing::error!(vm = %self.name, error = %e, "cannot persist phase");
+                }
+            }
+            if written && note.is_none() {
+                // Its event went with the write.
+                tracing::info!(vm = %self.name, phase = self.core.phase.name(), generation = self.generation, "phase");
+                self.post_board();
+            } else {
+                self.announce_phase(note).await;
+            }
+        }
+        for f in effects {
+            self.perform(me, f).await;
+        }
         Ok(())
     }
 
-    /// As `transition`, for a change that an answer reports: it is written
-    /// first and takes effect only once it is in the database (with the
-    /// confirmation of an `up`, when `confirm`). If a write fails, nothing
-    /// changes and the caller fails the request.
-    /// `what` says, for the error, what happened or did not.
-    async fn transition_durable(&mut self, ev: PhaseEvent, confirm: bool, what: &str) -> Result<()> {
-        let next = phase::next(&self.phase, &ev).map_err(|d| self.conflict(d.to_string()))?;
-        let generation = self.generation + 1;
-        let unrecorded = |e: crate::store::StoreError| self.not_recorded(what, &e);
-        // Phase, confirmation and event in one transaction: one fsync.
-        let change = crate::store::RowChange::Phase { name: self.name.clone(), phase: next.clone(), generation, confirm };
-        self.deps.events.publish_with(change, EventKind::Phase { phase: next.clone() }, generation).await.map_err(unrecorded)?;
-        self.phase = next;
-        self.generation = generation;
-        tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
-        self.post_board();
-        Ok(())
+    /// Boxed: an effect (the launch) applies events in turn.
+    fn perform<'a>(&'a mut self, me: &'a ActorRef<VmMessage>, f: Effect) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move { self.perform_now(me, f).await })
+    }
+
+    async fn perform_now(&mut self, me: &ActorRef<VmMessage>, f: Effect) {
+        match f {
+            Effect::Record(_) | Effect::Phase { .. } => {}
+            Effect::SaveStreak => {
+                if let Err(e) = self.deps.store.save_streak(&self.name, &self.core.streak).await {
+                    tracing::error!(vm = %self.name, error = %e, "cannot persist the restart streak");
+                }
+            }
+            Effect::Launch => self.launch(me).await,
+            Effect::Connect { delay_ms: 0 } => {
+                self.spawn_control(me).await;
+            }
+            Effect::Connect { delay_ms } => {
+                tracing::info!(vm = %self.name, delay_ms, "control channel: reconnecting after a delay");
+                me.send_after(Duration::from_millis(delay_ms), || VmMessage::ReconnectControl);
+            }
+            Effect::Kill => {
+                if let Some(run) = &self.run {
+                    tracing::error!(vm = %self.name, pid = run.pid, "start abandoned; killing the hypervisor");
+                    run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
+                }
+            }
+            Effect::Rung { attempt, rung, deadline_ms } => self.act_rung(me, attempt, rung, deadline_ms).await,
+            Effect::Rearm { attempt, rung, deadline_ms } => {
+                tracing::info!(vm = %self.name, rung = rung.as_str(), "a later stop shortened the wait");
+                arm_rung_timer(me, attempt, rung, deadline_ms);
+            }
+            Effect::Booted => self.on_booted(),
+            Effect::FailStarts { why } => {
+                let launch_error = self.launch_error.take();
+                let mut first = launch_error;
+                for (_, w) in self.start_waiters.drain(..) {
+                    let e = match (&why, first.take()) {
+                        (_, Some(e)) => e,
+                        (StartFailure::Stopped, None) => Error::Conflict { name: self.name.clone(), message: "stopped before it became ready".into() },
+                        (StartFailure::Failed(reason), None) => Error::StartFailed { name: self.name.clone(), reason: reason.clone() },
+                    };
+                    let _ = w.send(Err(e));
+                }
+            }
+            Effect::AnswerStops => self.answer_stops(),
+            Effect::Remove => self.remove_now(me).await,
+            Effect::RollBack => self.delete_everything(me).await,
+            Effect::ScheduleRestart { token, delay_ms, attempt, bound_ms } => {
+                tracing::info!(vm = %self.name, attempt, delay_ms, "restart scheduled");
+                let kind = EventKind::RestartScheduled { attempt, delay_ms, bound_ms };
+                self.deps.events.publish(&self.name, kind, self.generation, None).await;
+                me.send_after(Duration::from_millis(delay_ms), move || VmMessage::RestartNow { token });
+            }
+            Effect::Crashed { note } => {
+                let pid = self.run.as_ref().map(|r| r.pid);
+                tracing::warn!(vm = %self.name, ?pid, phase = ?self.core.phase, fault = note.as_deref().unwrap_or(""), "hypervisor crashed");
+            }
+            Effect::GiveUp { reason } => {
+                tracing::warn!(vm = %self.name, %reason, "restart policy gives up");
+                let _ = self.apply(me, Event::GaveUp { reason }).await;
+            }
+            Effect::Control { pause } => {
+                // Only a request's own task asks (see `on_pause`).
+                tracing::debug!(vm = %self.name, pause, "control command requested");
+            }
+        }
     }
 
     async fn announce_phase(&mut self, message: Option<String>) {
-        tracing::info!(vm = %self.name, phase = self.phase.name(), generation = self.generation, "phase");
+        tracing::info!(vm = %self.name, phase = self.core.phase.name(), generation = self.generation, "phase");
         self.deps
             .events
-            .publish(&self.name, EventKind::Phase { phase: self.phase.clone() }, self.generation, message)
+            .publish(&self.name, EventKind::Phase { phase: self.core.phase.clone() }, self.generation, message)
             .await;
         self.post_board();
     }
@@ -437,47 +519,46 @@ impl VmState {
         Error::Conflict { name: self.name.clone(), message: message.into() }
     }
 
+    fn refused(&self, r: Refused) -> Error {
+        match r {
+            Refused::Unrecorded(e) => e,
+            Refused::Denied(Denied::Busy) => Error::Busy { name: self.name.clone() },
+            Refused::Denied(Denied::Active { phase }) => {
+                self.conflict(format!("is {phase}; stop it first (`paddock stop {}`) or remove it with --force", self.name))
+            }
+            Refused::Denied(d) => self.conflict(d.to_string()),
+        }
+    }
+
     // ---------------------------------------------------------------- start
 
-    /// `reply` is None for a start by the restart policy.
-    async fn on_start(&mut self, me: &ActorRef<VmMessage>, wait: WaitFor, rollback: bool, reply: Option<RpcReplyPort<Result<VmInfo>>>) {
-        if let Err(d) = phase::next(&self.phase, &PhaseEvent::StartRequested) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(self.conflict(d.to_string())));
+    async fn on_start(&mut self, me: &ActorRef<VmMessage>, wait: WaitFor, up: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+        // Queued first: the launch (an effect) may answer it.
+        self.start_waiters.push((wait, reply));
+        if let Err(r) = self.apply(me, Event::Start { up, reply: true }).await {
+            let e = self.refused(r);
+            if let Some((_, reply)) = self.start_waiters.pop() {
+                let _ = reply.send(Err(e));
             }
-            return;
         }
-        self.rollback = rollback;
-        match self.begin_start(me).await {
-            Ok(()) => {
-                if let Some(reply) = reply {
-                    self.start_waiters.push((wait, reply));
-                }
-            }
-            Err(e) => {
-                // Roll back before answering: whoever reads the answer must
-                // find nothing of the VM left.
-                if self.rollback {
-                    self.delete_everything(me).await;
-                }
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(Err(e));
-                    }
-                    None => {
-                        let reason = format!("automatic restart failed: {e}");
-                        tracing::error!(vm = %self.name, %reason, "restart policy gives up");
-                        let _ = self.transition(PhaseEvent::GaveUp { reason }).await;
-                    }
-                }
-            }
+    }
+
+    /// The start's I/O. Its outcome goes back to the core as `Launching`,
+    /// `Spawned` or `LaunchFailed`.
+    async fn launch(&mut self, me: &ActorRef<VmMessage>) {
+        if let Err(e) = self.begin_start(me).await {
+            let reason = match &e {
+                Error::StartFailed { reason, .. } => reason.clone(),
+                other => error_chain(other),
+            };
+            self.launch_error = Some(e);
+            let _ = self.apply(me, Event::LaunchFailed { reason }).await;
+            self.launch_error = None;
         }
     }
 
     async fn begin_start(&mut self, me: &ActorRef<VmMessage>) -> Result<()> {
         let mut steps = crate::steps::Steps::new();
-        self.deps.store.set_desired(&self.name, Desired::Running).await?;
-        steps.lap("desired");
         let lease = match self.spec.network.mode {
             crate::spec::NetworkMode::Tap => Some(self.deps.net.acquire(&self.name).await?),
             _ => None,
@@ -502,7 +583,7 @@ impl VmState {
         self.backend.before_spawn(&spec, &self.paths)?;
         let jail = self.confine(&spec, &mut plan).await?;
         steps.lap("argv+run_dir");
-        self.transition_durable(PhaseEvent::StartRequested, false, "not started").await?;
+        self.apply(me, Event::Launching).await.map_err(|r| self.refused(r))?;
         steps.lap("starting_durable");
         // QEMU appends each run to console.log: readiness counts from its
         // current end. Cloud Hypervisor truncates it at boot: from 0.
@@ -511,22 +592,14 @@ impl VmState {
             crate::spec::BackendKind::CloudHypervisor => 0,
         };
         let probe_target = crate::probe::target(&self.spec, lease.as_ref());
-        let vsock_device = match self.start_vsock_device(&plan, jail.as_ref()).await {
-            Ok(d) => d,
-            Err(reason) => {
-                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
-                return Err(Error::StartFailed { name: self.name.clone(), reason });
-            }
-        };
+        let vsock_device = self.start_vsock_device(&plan, jail.as_ref()).await.map_err(|reason| Error::StartFailed { name: self.name.clone(), reason })?;
         let spawned = match process::spawn(&plan, &self.deps.instance, jail.as_ref()) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = vsock_device {
                     d.stop(&self.name).await;
                 }
-                let reason = error_chain(&e);
-                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
-                return Err(Error::StartFailed { name: self.name.clone(), reason });
+                return Err(Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) });
             }
         };
         let pid = spawned.pid;
@@ -552,7 +625,6 @@ impl VmState {
                     d.stop(&self.name).await;
                 }
                 let reason = format!("cannot record the hypervisor run in the state database: {}", error_chain(&e));
-                let _ = self.transition(PhaseEvent::StartFailed { reason: reason.clone() }).await;
                 return Err(Error::StartFailed { name: self.name.clone(), reason });
             }
         };
@@ -585,8 +657,8 @@ impl VmState {
             (i.ready, i.snapshot)
         });
         self.run = Some(run);
-        self.spawn_lease(me, lease).await;
-        self.spawn_control(me).await;
+        // The core asks for the control channel (`Connect`).
+        let _ = self.apply(me, Event::Spawned).await;
         if let Some((ready, snapshot)) = restored {
             self.on_restoring(me, ready, snapshot).await;
         }
@@ -665,17 +737,12 @@ impl VmState {
             .map_err(|e| Error::Unavailable(format!("disk worker: {e}")))?
     }
 
-    async fn spawn_lease(&mut self, me: &ActorRef<VmMessage>, lease: Option<crate::netmgr::Lease>) {
-        let (Some(run), Some(lease)) = (self.run.as_mut(), lease) else { return };
-        let args = crate::lease::LeaseArgs { net: self.deps.net.clone(), lease };
-        match Actor::spawn_linked(None, crate::lease::LeaseActor, args, me.get_cell()).await {
-            Ok((l, _)) => run.lease = Some(l),
-            Err(e) => tracing::error!(vm = %self.name, error = %e, "cannot spawn lease actor"),
-        }
-    }
-
     async fn spawn_control(&mut self, me: &ActorRef<VmMessage>) -> bool {
         let Some(run) = self.run.as_mut() else { return false };
+        // A channel that failed is replaced, never doubled.
+        if let Some(old) = run.control.take() {
+            old.stop(None);
+        }
         let args = ControlArgs { vm: me.clone(), backend: self.backend.clone(), plan: run.plan.clone(), early: run.early_control.take(), incoming: run.incoming.take() };
         match Actor::spawn_linked(None, ControlActor, args, me.get_cell()).await {
             Ok((c, _)) => {
@@ -711,40 +778,31 @@ impl VmState {
     }
 
     async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
-        let Some(run) = self.run.as_mut() else { return };
-        run.control_up = true;
+        let Some(run) = self.run.as_ref() else { return };
         let pid = run.pid;
-        let need_console = run.console.is_none();
-        if need_console {
+        if run.console.is_none() {
             self.spawn_console(me).await;
         }
         self.start_probe(me);
-        if self.phase == VmPhase::Starting {
+        if self.core.phase == VmPhase::Starting {
             crash_point!("start.before-running");
+        }
+        let paused = status == GuestStatus::Paused;
+        if let Err(Refused::Unrecorded(e)) = self.apply(me, Event::ControlUp { paused }).await {
             // The answer to up/start says "running": only once that (and,
             // for an up, that the VM exists) is in the database.
-            if let Err(e) = self.transition_durable(PhaseEvent::Booted, true, "it booted, and was killed again").await {
-                let reason = e.to_string();
-                tracing::error!(vm = %self.name, pid, %reason, "start failed; killing the hypervisor");
-                if let Some(run) = self.run.as_mut() {
-                    run.start_failure = Some(reason);
-                    run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
-                }
-                self.finish_recovery();
-                return;
-            }
-            crate::disks::data_disk_used(&crate::disks::vm_dir(&self.deps.state_dir, &self.name));
-            self.rollback = false;
-        }
-        if status == GuestStatus::Paused && self.phase == VmPhase::Running {
-            let _ = self.transition(PhaseEvent::PauseObserved).await;
+            let reason = format!("{e} (it booted, and was killed again)");
+            tracing::error!(vm = %self.name, pid, %reason, "start failed; killing the hypervisor");
+            let _ = self.apply(me, Event::BootUnrecorded { reason }).await;
         }
         self.post_board();
         self.finish_recovery();
-        if std::mem::take(&mut self.stop_after_adopt) {
-            self.on_stop(me, Duration::ZERO, None, None).await;
-        }
-        // Ready already, or nothing to wait for (no pattern, no probe).
+    }
+
+    /// The boot is recorded: answer who waited for Running, and who waited
+    /// for readiness if there is nothing to wait for (or it came already).
+    fn on_booted(&mut self) {
+        crate::disks::data_disk_used(&crate::disks::vm_dir(&self.deps.state_dir, &self.name));
         let no_pattern = self.run.as_ref().is_some_and(|r| r.ready || (self.ready_pattern.is_none() && r.probe_target.is_none()));
         let info = self.info();
         let waiters = std::mem::take(&mut self.start_waiters);
@@ -755,22 +813,6 @@ impl VmState {
                 self.start_waiters.push((wait, reply));
             }
         }
-    }
-
-    fn on_control_failed(&mut self, error: String) {
-        let Some(run) = self.run.as_mut() else { return };
-        tracing::warn!(vm = %self.name, pid = run.pid, %error, "control channel failed");
-        // Also an adopted `up` that never booted (provisional): nothing
-        // acknowledged it, and its socket will not come back.
-        if self.phase == VmPhase::Starting && (self.recovered.is_none() || self.rollback) {
-            // It never answered: nothing graceful is possible. Kill it; the
-            // exit notice completes the failed start.
-            run.start_failure = Some(error);
-            run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
-        }
-        // An adopted VM whose control socket does not answer keeps running
-        // (the ladder can still end it with signals); recovery is over.
-        self.finish_recovery();
     }
 
     fn finish_recovery(&mut self) {
@@ -836,7 +878,7 @@ impl VmState {
         self.post_board();
         // A console can match before the boot is recorded; the answer
         // waits for that (`on_control_up` gives it).
-        if self.phase == VmPhase::Starting {
+        if self.core.phase == VmPhase::Starting {
             return;
         }
         let info = self.info();
@@ -848,15 +890,12 @@ impl VmState {
     // ----------------------------------------------------------------- exit
 
     /// The hypervisor exited. Its last events (a guest panic, a guest
-    /// shutdown) may still be in the control channel, which ends with
-    /// `Closed` after all of them: wait for that, briefly, before judging
-    /// how the VM ended.
+    /// shutdown) may still be in the control channel: a backend whose
+    /// channel ends with `Closed` after all of them (QMP) is waited for,
+    /// briefly, before the core judges how the VM ended.
     async fn on_exit(&mut self, me: &ActorRef<VmMessage>, pid: i32, exit: ExitInfo) {
         let Some(run) = self.run.as_ref().filter(|r| r.pid == pid) else { return };
-        // QMP ends its stream with `Closed` after the last event; CH's event
-        // monitor is a file with no such end, so there is nothing to wait for.
-        let drains = self.spec.backend == crate::spec::BackendKind::Qemu;
-        if drains && run.control_up && !run.control_closed {
+        if self.backend.drains_events_after_exit() && self.core.is_ready_to_control() && !run.control_closed {
             self.pending_exit = Some((pid, exit));
             me.send_after(EXIT_DRAIN, move || VmMessage::ExitDrained { pid });
             return;
@@ -881,84 +920,18 @@ impl VmState {
             }
         }
         self.remove_stale_sockets();
-        // The hypervisor's own record can turn a clean-looking exit into a
-        // failure (CH exits 0 after a fatal vCPU error).
-        let fault = self.backend.exit_fault(&self.paths, &exit).or_else(|| self.confined_fault());
-        let failure = run.is_failure(&exit) || fault.is_some();
-        let uptime = run.started.elapsed();
-        match self.phase.clone() {
-            VmPhase::Stopping { .. } => {
-                // The stop is answered as done only once it is recorded; if
-                // the write fails the VM is still stopped (the next start
-                // finds the process gone and records it then).
-                let unrecorded = match self.transition_durable(PhaseEvent::Exited { exit, failure }, false, "it stopped").await {
-                    Ok(()) => None,
-                    Err(e) => {
-                        let _ = self.transition(PhaseEvent::Exited { exit, failure }).await;
-                        Some(e)
-                    }
-                };
-                self.finish_stop(me, exit, unrecorded).await;
-            }
-            VmPhase::Starting if self.rollback || !self.start_waiters.is_empty() || run.start_failure.is_some() => {
-                // Killed by us because control never answered, or ended by
-                // itself (then its own words on stderr say why).
-                let killed_by_us = run.start_failure.is_some() && exit.signal == Some(libc::SIGKILL);
-                let reason = match run.start_failure {
-                    Some(r) if killed_by_us => {
-                        let _ = self.transition(PhaseEvent::StartFailed { reason: r.clone() }).await;
-                        r
-                    }
-                    _ => {
-                        let _ = self.transition(PhaseEvent::Exited { exit, failure: true }).await;
-                        let said = tail_of(&self.paths.stderr_log, 2048);
-                        format!("hypervisor {exit} before it booted; it said: {}", said.trim())
-                    }
-                };
-                tracing::warn!(vm = %self.name, pid, %reason, "start failed");
-                if self.rollback {
-                    self.delete_everything(me).await;
-                }
-                for (_, w) in self.start_waiters.drain(..) {
-                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
-                }
-            }
-            _ => {
-                let _ = self.transition_noted(PhaseEvent::Exited { exit, failure }, fault.clone()).await;
-                if failure {
-                    tracing::warn!(vm = %self.name, pid, %exit, panicked = run.panicked, fault = fault.as_deref().unwrap_or(""), "hypervisor crashed");
-                }
-                let reason = format!("the VM ended ({exit}) before it was ready");
-                for (_, w) in self.start_waiters.drain(..) {
-                    let _ = w.send(Err(Error::StartFailed { name: self.name.clone(), reason: reason.clone() }));
-                }
-                if run.panicked && self.spec.on_panic == OnPanic::Stop {
-                    tracing::info!(vm = %self.name, "guest panicked; on_panic = stop: not restarted");
-                    return;
-                }
-                self.apply_policy(me, failure, uptime).await;
-            }
-        }
-    }
-
-    /// After an end nobody asked for: restart later, give up, or stay.
-    async fn apply_policy(&mut self, me: &ActorRef<VmMessage>, failure: bool, uptime: Duration) {
-        let decision = self.restarts.decide(&self.spec.restart, failure, uptime, Instant::now(), fastrand::f64());
-        match decision {
-            Decision::Stay => {}
-            Decision::Restart { delay, attempt, bound } => {
-                self.restart_token += 1;
-                let token = self.restart_token;
-                tracing::info!(vm = %self.name, attempt, delay_ms = delay.as_millis() as u64, "restart scheduled");
-                let kind = EventKind::RestartScheduled { attempt, delay_ms: delay.as_millis() as u64, bound_ms: bound.as_millis() as u64 };
-                self.deps.events.publish(&self.name, kind, self.generation, None).await;
-                me.send_after(delay, move || VmMessage::RestartNow { token });
-            }
-            Decision::GiveUp { reason } => {
-                tracing::warn!(vm = %self.name, %reason, "restart policy gives up");
-                let _ = self.transition(PhaseEvent::GaveUp { reason }).await;
-            }
-        }
+        let ending = Ending {
+            exit,
+            panicked: run.panicked,
+            shutdown_by_guest: run.shutdown_by_guest,
+            // The hypervisor's own record can turn a clean-looking exit
+            // into a failure (CH exits 0 after a fatal vCPU error).
+            fault: self.backend.exit_fault(&self.paths, &exit).or_else(|| self.confined_fault()),
+            said: tail_of(&self.paths.stderr_log, 2048),
+            jitter: fastrand::f64(),
+        };
+        tracing::info!(vm = %self.name, pid, %exit, "hypervisor exited");
+        let _ = self.apply(me, Event::Exited(ending)).await;
     }
 
     fn remove_stale_sockets(&self) {
@@ -979,16 +952,9 @@ impl VmState {
                 // Nothing runs: sockets of the last run are stale.
                 self.remove_stale_sockets();
             }
-            Recovery::Adopt { run_id, pid, pidfd, provisional, stop, done } => {
+            Recovery::Adopt { run_id, pid, pidfd, provisional: _, stop, done } => {
                 crash_point!("adopt.after-verify");
                 self.recovered = Some(done);
-                self.rollback = provisional;
-                // A stop in progress is finished from the quit rung: how
-                // long the guest already had for ACPI is unknown.
-                if matches!(self.phase, VmPhase::Stopping { .. }) {
-                    self.phase = VmPhase::Running;
-                }
-                self.stop_after_adopt = stop;
                 let lease = self.deps.net.lease_of_vm(&self.name).await.ok().flatten();
                 // The prepared plan carries what a backend may still need
                 // to finish an interrupted boot (CH's vm.create body);
@@ -1025,130 +991,77 @@ impl VmState {
                     run.vsock_device = crate::vsock::find_device(&self.deps.run_dir, &self.name).and_then(|p| crate::vsock::Device::adopt(&self.name, p));
                 }
                 self.run = Some(run);
-                self.spawn_lease(me, lease).await;
-                self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
-                self.spawn_control(me).await;
+                        self.deps.events.publish(&self.name, EventKind::Adopted { pid }, self.generation, None).await;
+                let desired = if stop { Desired::Stopped } else { Desired::Running };
+                if self.apply(me, Event::Adopted { desired }).await.is_err() {
+                    self.finish_recovery();
+                }
                 self.post_board();
             }
             Recovery::Lost { reason, run_id, done } => {
                 tracing::warn!(vm = %self.name, %reason, "recorded process is gone");
                 self.deps.events.publish(&self.name, EventKind::Lost { reason: reason.clone() }, self.generation, Some(reason)).await;
-                let exit = ExitInfo { code: None, signal: None };
                 if let Some(id) = run_id {
-                    let _ = self.deps.store.end_run(id, &exit).await;
+                    let _ = self.deps.store.end_run(id, &ExitInfo { code: None, signal: None }).await;
                 }
                 self.remove_stale_sockets();
                 // It died while we were away: a crash, unless it was being
                 // stopped, in which case the stop is complete.
-                let _ = self.transition(PhaseEvent::Exited { exit, failure: true }).await;
+                let _ = self.apply(me, Event::Lost { jitter: fastrand::f64() }).await;
                 let _ = done.send(());
-                if matches!(self.phase, VmPhase::Crashed { .. }) {
-                    self.apply_policy(me, true, Duration::ZERO).await;
-                }
             }
         }
     }
 
     // ----------------------------------------------------------------- stop
 
-    async fn on_stop(
-        &mut self,
-        me: &ActorRef<VmMessage>,
-        graceful: Duration,
-        reply: Option<RpcReplyPort<Result<StopOutcome>>>,
-        remove_after: Option<RpcReplyPort<Result<()>>>,
-    ) {
-        if let Some(s) = self.stopping.as_mut() {
-            if let Some(r) = reply {
-                if s.waiters.len() >= MAX_WAITERS {
-                    let _ = r.send(Err(Error::Busy { name: self.name.clone() }));
-                } else {
-                    s.waiters.push(r);
-                }
-            }
-            if remove_after.is_some() {
-                s.remove_after = remove_after;
-            }
-            return;
+    async fn on_stop(&mut self, me: &ActorRef<VmMessage>, graceful: Duration, reply: RpcReplyPort<Result<StopOutcome>>) {
+        if self.core.ladder.is_none() {
+            self.stop_started = Instant::now();
         }
-        if !self.phase.is_active() {
-            // A stop also cancels an automatic restart that is pending.
-            if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-                return self.refuse_unrecorded_stop(&e, reply, remove_after);
+        self.stop_waiters.push(reply);
+        let graceful_ms = graceful.as_millis().min(u64::MAX as u128) as u64;
+        if let Err(r) = self.apply(me, Event::Stop { graceful_ms, reply: true }).await {
+            let e = self.refused(r);
+            if let Some(reply) = self.stop_waiters.pop() {
+                let _ = reply.send(Err(e));
             }
-            self.restart_token += 1;
-            self.restarts.reset();
-            let outcome = StopOutcome { rung: None, exit: None, phase: self.phase.clone(), elapsed_ms: 0 };
-            if let Some(r) = reply {
-                let _ = r.send(Ok(outcome));
-            }
-            if let Some(r) = remove_after {
-                self.remove_now(me, r).await;
-            }
-            return;
         }
-        if let Err(e) = self.deps.store.set_desired(&self.name, Desired::Stopped).await {
-            return self.refuse_unrecorded_stop(&e, reply, remove_after);
-        }
-        if self.rollback {
-            // A stop during `up`: the caller of the stop is told it
-            // happened, so the VM is no longer the up's to roll back; it
-            // stays (stopped) and a restart must keep it.
-            if let Err(e) = self.deps.store.confirm(&self.name).await {
-                return self.refuse_unrecorded_stop(&e, reply, remove_after);
-            }
-            self.rollback = false;
-        }
-        crash_point!("stop.after-intent");
-        let control_up = self.run.as_ref().is_some_and(|r| r.control_up);
-        // ACPI needs a booted guest with running vCPUs; a paused guest would
-        // never see the button, and one that never booted has no ACPI yet.
-        let first = match (&self.phase, control_up) {
-            (VmPhase::Running, true) if !graceful.is_zero() => Rung::Acpi,
-            (_, true) => Rung::Quit,
-            (_, false) => Rung::Term,
+    }
+
+    fn answer_stops(&mut self) {
+        let (rung, exit) = match &self.core.phase {
+            VmPhase::Stopped { rung, exit } => (*rung, *exit),
+            _ => (None, None),
         };
-        let early = "stopped before it became ready".to_string();
-        for (_, w) in self.start_waiters.drain(..) {
-            let _ = w.send(Err(Error::Conflict { name: self.name.clone(), message: early.clone() }));
+        let outcome = StopOutcome { rung, exit, phase: self.core.phase.clone(), elapsed_ms: self.stop_started.elapsed().as_millis() as u64 };
+        if let Some(r) = rung {
+            tracing::info!(vm = %self.name, rung = r.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
         }
-        self.stop_attempts += 1;
-        let _ = self.transition(PhaseEvent::StopRequested { first }).await;
-        self.stopping = Some(Stopping {
-            attempt: self.stop_attempts,
-            rung: first,
-            started: Instant::now(),
-            graceful,
-            waiters: reply.into_iter().collect(),
-            remove_after,
-        });
-        self.act_rung(me, first).await;
-    }
-
-    /// A stop whose intent cannot be written is not started: a daemon
-    /// restart would otherwise bring the VM back up.
-    fn refuse_unrecorded_stop(
-        &self,
-        e: &crate::store::StoreError,
-        reply: Option<RpcReplyPort<Result<StopOutcome>>>,
-        remove_after: Option<RpcReplyPort<Result<()>>>,
-    ) {
-        let what = "not stopped";
-        tracing::error!(vm = %self.name, error = %error_chain(e), "stop refused: its intent cannot be recorded");
-        if let Some(r) = reply {
-            let _ = r.send(Err(self.not_recorded(what, e)));
+        let unrecorded = self.stop_unrecorded.take();
+        for w in self.stop_waiters.drain(..) {
+            let r = match &unrecorded {
+                Some(Error::NotRecorded { name, what, detail }) => {
+                    Err(Error::NotRecorded { name: name.clone(), what: what.clone(), detail: detail.clone() })
+                }
+                Some(other) => Err(Error::Unavailable(other.to_string())),
+                None => Ok(outcome.clone()),
+            };
+            let _ = w.send(r);
         }
-        if let Some(r) = remove_after {
-            let _ = r.send(Err(self.not_recorded(what, e)));
+        // An `rm --force` waits for the removal, not for this answer.
+        if unrecorded.is_some() {
+            for w in self.remove_waiters.drain(..) {
+                let _ = w.send(Err(Error::Unavailable(format!("VM {:?} stopped but its end is not recorded; retry the removal", self.name))));
+            }
         }
     }
 
-    async fn act_rung(&mut self, me: &ActorRef<VmMessage>, rung: Rung) {
-        let Some(s) = self.stopping.as_ref() else { return };
-        let attempt = s.attempt;
-        let wait = if rung == Rung::Acpi { s.graceful } else { RUNG_WAIT };
-        tracing::info!(vm = %self.name, rung = rung.as_str(), wait_ms = wait.as_millis() as u64, "shutdown ladder");
+    async fn act_rung(&mut self, me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, deadline_ms: u64) {
+        let wait_ms = deadline_ms.saturating_sub(crate::store::now_ms());
+        tracing::info!(vm = %self.name, rung = rung.as_str(), wait_ms, "shutdown ladder");
         self.deps.events.publish(&self.name, EventKind::Rung { rung }, self.generation, None).await;
+        arm_rung_timer(me, attempt, rung, deadline_ms);
         let Some(run) = self.run.as_ref() else { return };
         match rung {
             Rung::Acpi | Rung::Quit => {
@@ -1169,60 +1082,13 @@ impl VmState {
                 run.process.cast(ProcessMessage::Signal(libc::SIGKILL)).ok();
             }
         }
-        me.send_after(wait, move || VmMessage::LadderTimeout { attempt, rung });
-    }
-
-    async fn escalate(&mut self, me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, why: &str) {
-        let Some(s) = self.stopping.as_ref() else { return };
-        if s.attempt != attempt || s.rung != rung {
-            return; // stale timer or reply
-        }
-        tracing::info!(vm = %self.name, rung = rung.as_str(), why, "rung did not end the VM");
-        let Some(next) = rung.next() else {
-            // SIGKILL did not end it within RUNG_WAIT (e.g. stuck in the
-            // kernel): keep trying and keep waiting for the exit.
-            tracing::error!(vm = %self.name, "hypervisor survives SIGKILL; still waiting");
-            self.act_rung(me, Rung::Kill).await;
-            return;
-        };
-        if self.transition(PhaseEvent::Escalated { to: next }).await.is_ok() {
-            if let Some(s) = self.stopping.as_mut() {
-                s.rung = next;
-            }
-            self.act_rung(me, next).await;
-        }
-    }
-
-    async fn finish_stop(&mut self, me: &ActorRef<VmMessage>, exit: ExitInfo, unrecorded: Option<Error>) {
-        let Some(s) = self.stopping.take() else { return };
-        let outcome = StopOutcome {
-            rung: Some(s.rung),
-            exit: Some(exit),
-            phase: self.phase.clone(),
-            elapsed_ms: s.started.elapsed().as_millis() as u64,
-        };
-        tracing::info!(vm = %self.name, rung = s.rung.as_str(), elapsed_ms = outcome.elapsed_ms, "stopped");
-        for w in s.waiters {
-            let r = match &unrecorded {
-                Some(Error::NotRecorded { name, what, detail }) => {
-                    Err(Error::NotRecorded { name: name.clone(), what: what.clone(), detail: detail.clone() })
-                }
-                Some(other) => Err(Error::Unavailable(other.to_string())),
-                None => Ok(outcome.clone()),
-            };
-            let _ = w.send(r);
-        }
-        if let Some(r) = s.remove_after {
-            self.remove_now(me, r).await;
-        }
     }
 
     // ---------------------------------------------------------- pause/resume
 
-    fn on_pause(&mut self, me: &ActorRef<VmMessage>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
-        let ev = if pause { PhaseEvent::PauseObserved } else { PhaseEvent::ResumeObserved };
-        if let Err(d) = phase::next(&self.phase, &ev) {
-            let _ = reply.send(Err(self.conflict(d.to_string())));
+    async fn on_pause(&mut self, me: &ActorRef<VmMessage>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+        if let Err(r) = self.apply(me, if pause { Event::Pause } else { Event::Resume }).await {
+            let _ = reply.send(Err(self.refused(r)));
             return;
         }
         let control = self.run.as_ref().and_then(|r| r.control.clone());
@@ -1235,14 +1101,13 @@ impl VmState {
         });
     }
 
-    async fn on_pause_done(&mut self, result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
+    async fn on_pause_done(&mut self, me: &ActorRef<VmMessage>, result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>>) {
         if let Err(error) = result {
             let _ = reply.send(Err(self.conflict(format!("{} failed: {error}", if pause { "pause" } else { "resume" }))));
             return;
         }
         // The STOP/RESUME event may have applied it already.
-        let ev = if pause { PhaseEvent::PauseObserved } else { PhaseEvent::ResumeObserved };
-        let _ = self.transition(ev).await;
+        let _ = self.apply(me, if pause { Event::PauseObserved } else { Event::ResumeObserved }).await;
         let _ = reply.send(Ok(self.info()));
     }
 
@@ -1250,11 +1115,11 @@ impl VmState {
         let pid = self.run.as_ref().map(|r| r.pid);
         tracing::debug!(vm = %self.name, ?pid, event = ?ev, "control event");
         match ev {
-            ControlEvent::Stop if self.phase == VmPhase::Running => {
-                let _ = self.transition(PhaseEvent::PauseObserved).await;
+            ControlEvent::Stop => {
+                let _ = self.apply(me, Event::PauseObserved).await;
             }
-            ControlEvent::Resume if self.phase == VmPhase::Paused => {
-                let _ = self.transition(PhaseEvent::ResumeObserved).await;
+            ControlEvent::Resume => {
+                let _ = self.apply(me, Event::ResumeObserved).await;
             }
             ControlEvent::GuestPanicked => self.on_guest_panic().await,
             ControlEvent::Shutdown { guest } => {
@@ -1287,7 +1152,7 @@ impl VmState {
         let (control, process) = (run.control.clone(), run.process.clone());
         let note = Some(format!("on_panic = {}", action.as_str()));
         self.deps.events.publish(&self.name, EventKind::GuestPanicked, self.generation, note).await;
-        if self.spec.backend != crate::spec::BackendKind::CloudHypervisor || self.stopping.is_some() {
+        if self.spec.backend != crate::spec::BackendKind::CloudHypervisor || self.core.ladder.is_some() {
             return;
         }
         let timeout = self.deps.control_timeout;
@@ -1316,27 +1181,34 @@ impl VmState {
 
     // --------------------------------------------------------------- remove
 
-    async fn on_remove(&mut self, me: &ActorRef<VmMessage>, force: bool, reply: RpcReplyPort<Result<()>>) {
-        if self.phase.is_active() {
-            if !force {
-                let msg = format!("is {}; stop it first (`paddock stop {}`) or remove it with --force", self.phase.name(), self.name);
-                let _ = reply.send(Err(self.conflict(msg)));
-                return;
-            }
-            self.on_stop(me, Duration::ZERO, None, Some(reply)).await;
-            return;
+    async fn on_remove(&mut self, me: &ActorRef<VmMessage>, force: bool, volumes: bool, reply: RpcReplyPort<Result<()>>) {
+        self.remove_volumes |= volumes;
+        if self.core.ladder.is_none() {
+            self.stop_started = Instant::now();
         }
-        self.remove_now(me, reply).await;
+        self.remove_waiters.push(reply);
+        if let Err(r) = self.apply(me, Event::Remove { force }).await {
+            let e = self.refused(r);
+            if let Some(reply) = self.remove_waiters.pop() {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 
-    async fn remove_now(&mut self, me: &ActorRef<VmMessage>, reply: RpcReplyPort<Result<()>>) {
+    async fn remove_now(&mut self, me: &ActorRef<VmMessage>) {
         match self.delete_files_and_rows().await {
             Ok(()) => {
                 self.forget(me).await;
-                let _ = reply.send(Ok(()));
+                for w in self.remove_waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
             }
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let mut first = Some(e);
+                for w in self.remove_waiters.drain(..) {
+                    let e = first.take().unwrap_or_else(|| Error::Unavailable(format!("VM {:?}: the removal failed; retry it", self.name)));
+                    let _ = w.send(Err(e));
+                }
             }
         }
     }
@@ -1418,7 +1290,7 @@ impl VmState {
 
     fn on_attach(&mut self, reply: RpcReplyPort<Result<crate::console::ConsoleAttach>>) {
         let Some(console) = self.run.as_ref().and_then(|r| r.console.clone()) else {
-            let _ = reply.send(Err(self.conflict(format!("is {}; the console is live only while it runs", self.phase.name()))));
+            let _ = reply.send(Err(self.conflict(format!("is {}; the console is live only while it runs", self.core.phase.name()))));
             return;
         };
         let timeout = self.deps.control_timeout;
@@ -1478,6 +1350,43 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether a failed child may be restarted now: at most
+/// `CHILD_RESTARTS_PER_MINUTE` in any minute (a child that fails at once
+/// every time would otherwise spin).
+fn may_restart_child(history: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while history.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        history.pop_front();
+    }
+    if history.len() >= CHILD_RESTARTS_PER_MINUTE {
+        return false;
+    }
+    history.push_back(now);
+    true
+}
+
+/// Arms the timer of a rung: `LadderTimeout` at `deadline_ms` (wall clock).
+fn arm_rung_timer(me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, deadline_ms: u64) {
+    let wait = Duration::from_millis(deadline_ms.saturating_sub(crate::store::now_ms()));
+    me.send_after(wait, move || VmMessage::LadderTimeout { attempt, rung, deadline_ms });
+}
+
+fn record_words(r: &Record) -> &'static str {
+    match r {
+        Record::Desired(Desired::Running) => "not started",
+        Record::Desired(Desired::Stopped) => "not stopped",
+        Record::Desired(Desired::Deleted) => "not removed",
+        Record::Confirm => "not acknowledged",
+    }
+}
+
+fn phase_words(p: &VmPhase) -> &'static str {
+    match p {
+        VmPhase::Starting => "not started",
+        VmPhase::Running => "it booted",
+        _ => "its state changed",
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -1503,4 +1412,19 @@ fn tail_bytes(path: &std::path::Path, max: usize) -> Vec<u8> {
 
 fn tail_of(path: &std::path::Path, max: usize) -> String {
     String::from_utf8_lossy(&tail_bytes(path, max)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_restarted_at_most_five_times_a_minute() {
+        let mut h = VecDeque::new();
+        let t0 = Instant::now();
+        let allowed = (0..10).filter(|i| may_restart_child(&mut h, t0 + Duration::from_secs(*i))).count();
+        assert_eq!(allowed, CHILD_RESTARTS_PER_MINUTE);
+        // A minute after the first ones, there is room again.
+        assert!(may_restart_child(&mut h, t0 + Duration::from_secs(61)));
+    }
 }

@@ -63,6 +63,8 @@ pub enum VmMessage {
     ExitDrained { pid: i32 },
     ControlUp { status: GuestStatus },
     ControlFailed { error: String },
+    /// The backoff after a control failure ran out: connect again.
+    ReconnectControl,
     Control(ControlEvent),
     ConsoleReady,
     /// The readiness probe answered in guest boot `boot` of the current run.
@@ -70,8 +72,9 @@ pub enum VmMessage {
     /// The restart policy's timer: start again unless `token` is stale
     /// (an operator's start, stop or remove cancels it).
     RestartNow { token: u64 },
-    /// The wait of `rung` (in stop attempt `attempt`) ran out.
-    LadderTimeout { attempt: u64, rung: Rung },
+    /// The wait of `rung` (in stop attempt `attempt`, due at
+    /// `deadline_ms`) ran out; a shortened wait makes the old one stale.
+    LadderTimeout { attempt: u64, rung: Rung, deadline_ms: u64 },
     /// The action of `rung` failed; escalate without waiting.
     LadderActionFailed { attempt: u64, rung: Rung, error: String },
     PauseDone { result: std::result::Result<(), String>, pause: bool, reply: RpcReplyPort<Result<VmInfo>> },

@@ -5,8 +5,9 @@
 
 mod actor;
 mod messages;
+pub mod core;
 pub mod restart;
-pub mod phase;
+pub use crate::state::phase;
 
 pub use actor::{Recovery, VmActor, VmArgs, VmDeps, RUNG_WAIT};
 pub use messages::{StopOutcome, VmMessage, WaitFor};

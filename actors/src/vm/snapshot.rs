@@ -56,10 +56,11 @@ impl VmState {
         then: AfterSnapshot,
     ) -> Result<impl std::future::Future<Output = Result<SnapshotInfo>> + Send + 'static> {
         let unsupported = |reason: String| Error::from(SnapshotError::Unsupported { vm: self.name.clone(), reason });
-        if !matches!(self.phase, VmPhase::Running | VmPhase::Paused) {
-            return Err(self.conflict(format!("a snapshot needs a running or paused VM; it is {:?}", self.phase)));
+        if !matches!(self.core.phase, VmPhase::Running | VmPhase::Paused) {
+            return Err(self.conflict(format!("a snapshot needs a running or paused VM; it is {:?}", self.core.phase)));
         }
-        let Some(control) = self.run.as_ref().filter(|r| r.control_up).and_then(|r| r.control.clone()) else {
+        let link_up = self.core.run.as_ref().is_some_and(|r| r.link == super::core::Link::Up);
+        let Some(control) = self.run.as_ref().filter(|_| link_up).and_then(|r| r.control.clone()) else {
             return Err(self.conflict("its control channel is not up; retry shortly"));
         };
         if let Some(i) = self.spec.disks.iter().position(|d| !d.readonly) {
@@ -73,7 +74,7 @@ impl VmState {
         let snapshots = Snapshots::new(&self.deps.state_dir);
         let partial = snapshots.begin(&snapshot)?;
         let memory = SavedState { memory: partial.memory_file()?, dir: partial.hypervisor_dir()? };
-        let was_running = self.phase == VmPhase::Running;
+        let was_running = self.core.phase == VmPhase::Running;
         if was_running {
             // A daemon killed before the resume resumes the VM at its next start.
             snapshots.mark_resume(&snapshot, &self.name)?;
@@ -149,7 +150,9 @@ impl VmState {
         self.deps.events.publish(&self.name, kind, self.generation, None).await;
         let _ = reply.send(Ok(info));
         if then == AfterSnapshot::Stop {
-            self.on_stop(me, Duration::ZERO, None, None).await;
+            // Nobody waits for this stop: the snapshot is the answer.
+            let (unheard, _) = ractor::concurrency::oneshot();
+            self.on_stop(me, Duration::ZERO, unheard.into()).await;
         }
     }
 

@@ -6,4 +6,4 @@ mod backend;
 pub mod migrate;
 pub mod qmp;
 
-pub use backend::QemuBackend;
+pub use backend::{quit_orphan, QemuBackend};

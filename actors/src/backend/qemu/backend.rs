@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::argv::{self, QemuBoot, QemuConfig, QemuNet, QemuVsock};
 use super::qmp::QmpClient;
 use crate::accel;
-use crate::backend::{check_disks, SavedState, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, SavedState, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{BackendKind, NetworkMode, VmSpec};
 use crate::vsock;
@@ -74,10 +74,22 @@ impl QemuBackend {
     }
 }
 
+/// Asks an orphaned QEMU (no VM actor) to quit over its QMP socket.
+pub async fn quit_orphan(qmp: &std::path::Path, timeout: Duration) -> bool {
+    match QmpClient::connect(qmp, timeout).await {
+        Ok(mut c) => c.execute("quit", None).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[async_trait]
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
+    }
+    /// QMP ends its stream with `Closed` after the last event.
+    fn drains_events_after_exit(&self) -> bool {
+        true
     }
 
     fn prepare(&self, spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netmgr::Lease>) -> Result<LaunchPlan, Error> {
@@ -96,11 +108,11 @@ impl Backend for QemuBackend {
                 QemuBoot::Kernel { kernel: kernel.clone(), initrd, cmdline }
             }
             (None, Some(disk)) => {
-                check_file("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.disk", disk)?;
                 if let Some(fw) = &spec.boot.firmware {
-                    check_file("boot.firmware", fw).map_err(image_error)?;
+                    check_file("boot.firmware", fw)?;
                 }
-                let format = detect_format("boot.disk", disk).map_err(image_error)?;
+                let format = detect_format("boot.disk", disk)?;
                 QemuBoot::Disk { disk: disk.clone(), format, firmware: spec.boot.firmware.clone() }
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
@@ -137,7 +149,7 @@ impl Backend for QemuBackend {
             accel,
             guest_address,
             marker: argv::marker(&spec.name),
-            api_config: None,
+            boot_payload: None,
             network: crate::backend::network_info(spec, lease),
             vsock: crate::backend::vsock_info(spec, paths),
             vsock_device,

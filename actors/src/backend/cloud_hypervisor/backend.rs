@@ -22,7 +22,7 @@ use super::events;
 use super::exit;
 use super::stale;
 use crate::accel;
-use crate::backend::{check_disks, SavedState, image_error, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
+use crate::backend::{check_disks, SavedState, Backend, ControlChannel, ControlError, ControlEvent, GuestStatus, LaunchPlan, RunPaths, MAX_SOCKET_PATH};
 use crate::error::{Error, SpecError};
 use crate::spec::{Accel, BackendKind, NetworkMode, VmSpec};
 use crate::vm::phase::ExitInfo;
@@ -126,7 +126,7 @@ impl Backend for CloudHypervisorBackend {
                 ChBoot::Kernel { kernel: kernel.clone(), initrd, cmdline }
             }
             (None, Some(disk)) => {
-                check_file("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.disk", disk)?;
                 let Some(fw) = &spec.boot.firmware else {
                     return Err(SpecError::new(
                         "boot.firmware",
@@ -134,8 +134,8 @@ impl Backend for CloudHypervisorBackend {
                     )
                     .into());
                 };
-                check_file("boot.firmware", fw).map_err(image_error)?;
-                let format = detect_format("boot.disk", disk).map_err(image_error)?;
+                check_file("boot.firmware", fw)?;
+                let format = detect_format("boot.disk", disk)?;
                 ChBoot::Disk { disk: disk.clone(), format, firmware: fw.clone() }
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
@@ -149,6 +149,8 @@ impl Backend for CloudHypervisorBackend {
             .into());
         }
         let cfg = ChConfig { vcpus: spec.vcpus, memory_mib: spec.memory_mib, boot, disks, vsock_cid: spec.vsock.then(|| vsock_cid(&spec.name)), tap: lease.map(|l| (l.tap.clone(), l.mac.clone())), paths: paths.clone() };
+        let boot_payload = serde_json::to_value(config::vm_config(&cfg))
+            .map_err(|e| Error::StartFailed { name: spec.name.clone(), reason: format!("cannot encode the vm.create body: {e}") })?;
         Ok(LaunchPlan {
             program: self.binary.clone(),
             arg0: Some(crate::backend::marker(&spec.name).into()),
@@ -157,7 +159,7 @@ impl Backend for CloudHypervisorBackend {
             accel: Accel::Kvm,
             guest_address: crate::backend::reach(spec, lease),
             marker: crate::backend::marker(&spec.name),
-            api_config: Some(Box::new(config::vm_config(&cfg))),
+            boot_payload: Some(boot_payload),
             network: crate::backend::network_info(spec, lease),
             vsock: crate::backend::vsock_info(spec, paths),
             vsock_device: None,
@@ -182,10 +184,10 @@ impl Backend for CloudHypervisorBackend {
         // stopped) nothing is created or booted: after `vm.shutdown` CH
         // says `Created`, and booting that would undo a stop the previous
         // supervisor had begun.
-        let Some(cfg) = plan.api_config.as_deref() else { return Ok(Box::new(control)) };
+        let Some(body) = plan.boot_payload.as_ref() else { return Ok(Box::new(control)) };
         match control.client.info().await? {
             None => {
-                control.client.create(cfg).await?;
+                control.client.create_body(body).await?;
                 control.client.put("vm.boot").await?;
             }
             Some(info) if info.state == VmState::Created => control.client.put("vm.boot").await?,
@@ -223,7 +225,7 @@ impl Backend for CloudHypervisorBackend {
                 ),
             });
         }
-        plan.api_config = None;
+        plan.boot_payload = None;
         Ok(())
     }
 
@@ -236,6 +238,13 @@ impl Backend for CloudHypervisorBackend {
         let tail = &log[log.len().saturating_sub(64 << 10)..];
         exit::fatal_error(&String::from_utf8_lossy(tail))
     }
+}
+
+/// Asks an orphaned Cloud Hypervisor (no VM actor) to end, over its API
+/// socket: `vm.shutdown`, then `vmm.shutdown`.
+pub async fn quit_orphan(api: &Path, timeout: Duration) -> bool {
+    let c = ApiClient::new(api, timeout);
+    quit(&c, &AtomicBool::new(true)).await.is_ok()
 }
 
 /// Ends the VMM: resume a paused VM first (shutting down a paused VM has
@@ -371,6 +380,7 @@ mod tests {
     fn field_of(e: Error) -> String {
         match e {
             Error::InvalidSpec(s) => s.field,
+            Error::ImageFile(f) => f.field().to_string(),
             other => panic!("not a spec error: {other}"),
         }
     }
@@ -382,7 +392,7 @@ mod tests {
         let plan = backend().prepare(&spec(dir.path(), serde_json::json!({"vsock": true})), &paths, None).unwrap();
         assert_eq!(plan.arg0.as_deref(), Some(std::ffi::OsStr::new("paddock-t")));
         assert_eq!(plan.marker, "paddock-t");
-        let cfg = plan.api_config.unwrap();
+        let cfg: crate::cloud_hypervisor::api::VmConfig = serde_json::from_value(plan.boot_payload.unwrap()).unwrap();
         assert_eq!(cfg.vsock.map(|v| v.cid), Some(i64::from(vsock_cid("t"))));
         assert_eq!(cfg.serial.file.as_deref(), Some(paths.console_log.as_path()));
     }

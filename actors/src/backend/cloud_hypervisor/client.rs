@@ -146,6 +146,12 @@ impl ApiClient {
         self.ok(Method::PUT, endpoint, Some(body.to_string().into_bytes())).await.map(drop)
     }
 
+    /// `vm.create` with a body already encoded (the launch plan's payload).
+    pub async fn create_body(&self, body: &serde_json::Value) -> Result<(), ControlError> {
+        let body = serde_json::to_vec(body).map_err(|e| ControlError::Protocol(format!("vm.create body: {e}")))?;
+        self.ok(Method::PUT, "vm.create", Some(body)).await.map(drop)
+    }
+
     /// A body-less PUT action: vm.boot, vm.pause, vm.resume, vm.shutdown,
     /// vm.power-button, vmm.shutdown.
     pub async fn put(&self, endpoint: &str) -> Result<(), ControlError> {

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, Mutex};
 
 use crate::bounds::EventRetention;
 use crate::store::{now_ms, RowChange, Store, StoreError};
-use crate::vm::phase::{Rung, VmPhase};
+use crate::state::phase::{Rung, VmPhase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {

@@ -10,6 +10,7 @@ use paddock_images::{
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, SpecError};
+use crate::host::DiskError;
 use crate::spec::{image_digest, Disk, VmSpec};
 
 pub const OVERLAY: &str = "root.qcow2";
@@ -33,16 +34,12 @@ pub fn vm_dir(state_dir: &Path, vm: &str) -> PathBuf {
     state_dir.join("vms").join(vm)
 }
 
-fn io(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Io { context: what.to_string(), source: std::io::Error::other(e.to_string()) }
-}
-
 /// The cached base image of `boot.image`, or a spec error saying how to
 /// get it.
 pub fn base_image(spec: &VmSpec, images: &ImageCache) -> Result<Option<PathBuf>, Error> {
     let Some(image) = &spec.boot.image else { return Ok(None) };
     let digest = image_digest(image)?;
-    match images.get(&digest).map_err(|e| io("image cache", e))? {
+    match images.get(&digest).map_err(DiskError::Cache)? {
         Some(img) => Ok(Some(img.path)),
         None => Err(SpecError::new("boot.image", format!("{image} is not in the image cache; `paddock image pull URL --sha256 {digest}` first")).into()),
     }
@@ -54,7 +51,7 @@ pub fn base_image(spec: &VmSpec, images: &ImageCache) -> Result<Option<PathBuf>,
 pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Error> {
     if let Some(sd) = &spec.service_disk {
         for (i, src) in sd.files.iter().enumerate().filter_map(|(i, f)| f.source.as_ref().map(|s| (i, s))) {
-            paddock_images::check_file(&format!("service_disk.files[{i}].source"), src).map_err(crate::backend::image_error)?;
+            paddock_images::check_file(&format!("service_disk.files[{i}].source"), src)?;
         }
         for (i, t) in sd.trees.iter().enumerate() {
             if !t.source.is_dir() {
@@ -84,7 +81,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
         let overlay = dir.join(OVERLAY);
         // The overlay is the VM's root disk: made once, kept across runs.
         if !overlay.exists() {
-            create_overlay(&base, &overlay, spec.boot.overlay_gib.map(|g| g << 30)).map_err(|e| io("boot.image overlay", e))?;
+            create_overlay(&base, &overlay, spec.boot.overlay_gib.map(|g| g << 30)).map_err(DiskError::Overlay)?;
         }
         out.boot.disk = Some(overlay);
         out.boot.image = None;
@@ -93,7 +90,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
     if let Some(d) = &spec.data_disk {
         let path = dir.join(DATA_DISK);
         let want = d.size_gib << 30;
-        match ensure_data_disk(&path, want).map_err(|e| io("data_disk", e))? {
+        match ensure_data_disk(&path, want).map_err(DiskError::DataDisk)? {
             paddock_images::DataDisk::Created { .. } => {
                 let unused = dir.join(DATA_DISK_UNUSED);
                 std::fs::write(&unused, b"").map_err(|e| Error::io(format!("cannot write {unused:?}"), e))?;
@@ -143,7 +140,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
         };
         let files = seed.render().map_err(|e| match e {
             paddock_images::SeedError::Multipart(m) => SpecError::new("cloud_init.user_data", m.to_string()).into(),
-            e => io("cloud_init", e),
+            e => Error::from(DiskError::Seed(e)),
         })?;
         let name = match ci.format {
             SeedFormat::Iso => "seed.iso",
@@ -152,7 +149,7 @@ pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Opti
         let path = dir.join(name);
         // Rewritten each start: the spec (and the lease) may have changed.
         let _ = std::fs::remove_file(&path);
-        write_seed_image(&files, ci.format, &path).map_err(|e| io("cloud_init seed", e))?;
+        write_seed_image(&files, ci.format, &path).map_err(DiskError::SeedImage)?;
         out.disks.push(Disk { path, format: Some(DiskFormat::Raw), readonly: true, serial: Some(SEED_SERIAL.into()) });
     }
     if let Some(sd) = &spec.service_disk {
@@ -178,7 +175,7 @@ fn write_service_disk(sd: &crate::spec::ServiceDiskSpec, dir: &Path) -> Result<P
     let path = dir.join(SERVICE_DISK);
     disk.write(&path).map_err(|e| match e {
         // The spec's own mistakes (unreadable trees, duplicates) name their field.
-        paddock_images::ServiceDiskError::Fat(f) => io("service_disk", f),
+        paddock_images::ServiceDiskError::Fat(f) => Error::from(DiskError::ServiceDisk(f)),
         other => SpecError::new("service_disk", other.to_string()).into(),
     })?;
     Ok(path)
@@ -327,7 +324,7 @@ mod tests {
         bad.service_disk.as_mut().unwrap().trees.clear();
         bad.service_disk.as_mut().unwrap().files[0] = ServiceFile { path: "bin/app".into(), content: None, source: Some(dir.path().join("missing")) };
         match for_validation(&bad, &images) {
-            Err(Error::InvalidSpec(e)) => assert_eq!(e.field, "service_disk.files[0].source"),
+            Err(Error::ImageFile(e)) => assert_eq!(e.field(), "service_disk.files[0].source"),
             other => panic!("{other:?}"),
         }
     }

@@ -62,10 +62,7 @@ pub struct NetManager {
 }
 
 fn net_err(vm: &str, e: paddock_net::Error) -> Error {
-    match e {
-        paddock_net::Error::Foreign { .. } => Error::Conflict { name: vm.to_string(), message: e.to_string() },
-        other => Error::Io { context: format!("VM {vm:?}: network lease: {other}"), source: std::io::Error::other(other.to_string()) },
-    }
+    Error::Network { name: vm.to_string(), source: e }
 }
 
 impl NetManager {

@@ -14,35 +14,10 @@ use tokio::sync::mpsc;
 use crate::error::Error;
 use paddock_images::check_file;
 use crate::spec::{Accel, BackendKind, VmSpec};
-
-/// Where one VM's runtime files live: `<run-dir>/<name>/...`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RunPaths {
-    pub dir: PathBuf,
-    pub control_socket: PathBuf,
-    pub serial_socket: PathBuf,
-    /// Written by the hypervisor itself, so it has no gap while the
-    /// supervisor is down; the Console actor tails it.
-    pub console_log: PathBuf,
-    /// The hypervisor's stdout and stderr; quoted in start errors.
-    pub stderr_log: PathBuf,
-}
+pub use crate::state::run_paths::RunPaths;
 
 /// `sun_path` is 108 bytes including the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
-
-impl RunPaths {
-    pub fn new(run_dir: &Path, name: &str) -> Self {
-        let dir = run_dir.join(name);
-        RunPaths {
-            control_socket: dir.join("control.sock"),
-            serial_socket: dir.join("serial.sock"),
-            console_log: dir.join("console.log"),
-            stderr_log: dir.join("hypervisor.log"),
-            dir,
-        }
-    }
-}
 
 /// Everything needed to start the hypervisor, decided before it starts.
 #[derive(Debug, Clone)]
@@ -58,9 +33,10 @@ pub struct LaunchPlan {
     pub guest_address: Vec<String>,
     /// Recognises our process in /proc/PID/cmdline (e.g. `paddock-web`).
     pub marker: String,
-    /// The body of `vm.create`, for a backend that configures its VM
-    /// through the control channel (Cloud Hypervisor) rather than argv.
-    pub api_config: Option<Box<crate::cloud_hypervisor::api::VmConfig>>,
+    /// A backend's own boot configuration, sent over its control channel
+    /// after the spawn rather than on argv (Cloud Hypervisor: the body of
+    /// `vm.create`). Opaque here: only its backend reads it.
+    pub boot_payload: Option<serde_json::Value>,
     /// The guest's network, typed (None without a network).
     pub network: Option<crate::board::NetworkInfo>,
     /// How the host reaches the guest's vsock (None without vsock).
@@ -86,14 +62,6 @@ pub struct CheckedDisk {
     pub serial: String,
 }
 
-/// A `paddock-images` check failure as a spec error naming the field
-/// (its message already starts with the field name).
-pub fn image_error(e: paddock_images::Error) -> Error {
-    let text = e.to_string();
-    let (field, message) = text.split_once(": ").unwrap_or(("boot", text.as_str()));
-    Error::InvalidSpec(crate::error::SpecError::new(field, message))
-}
-
 /// Checks every disk the guest gets besides a firmware boot disk, in the
 /// order the guest sees them: with a direct kernel boot, `boot.disk` (an
 /// image's overlay by now) first as the root disk (serial `root`), then the
@@ -102,16 +70,16 @@ pub fn image_error(e: paddock_images::Error) -> Error {
 pub fn check_disks(spec: &VmSpec) -> Result<Vec<CheckedDisk>, Error> {
     let mut disks = Vec::new();
     if let (Some(_), Some(root)) = (&spec.boot.kernel, &spec.boot.disk) {
-        check_file("boot.disk", root).map_err(image_error)?;
-        let format = paddock_images::detect_format("boot.disk", root).map_err(image_error)?;
+        check_file("boot.disk", root)?;
+        let format = paddock_images::detect_format("boot.disk", root)?;
         disks.push(CheckedDisk { path: root.clone(), format, readonly: false, serial: crate::disks::ROOT_SERIAL.into() });
     }
     for (i, d) in spec.disks.iter().enumerate() {
         let field = format!("disks[{i}].path");
-        paddock_images::check_file(&field, &d.path).map_err(image_error)?;
+        paddock_images::check_file(&field, &d.path)?;
         let format = match d.format {
             Some(f) => f,
-            None => paddock_images::detect_format(&field, &d.path).map_err(image_error)?,
+            None => paddock_images::detect_format(&field, &d.path)?,
         };
         let serial = d.serial.clone().unwrap_or_else(|| format!("disk{i}"));
         disks.push(CheckedDisk { path: d.path.clone(), format, readonly: d.readonly, serial });
@@ -131,7 +99,7 @@ pub fn adoption_plan(spec: &VmSpec, paths: &RunPaths, lease: Option<&crate::netm
         accel: spec.accel,
         guest_address: reach(spec, lease).into_iter().chain(crate::display::address(spec, paths)).collect(),
         marker: marker(&spec.name),
-        api_config: None,
+        boot_payload: None,
         network: network_info(spec, lease),
         vsock: vsock_info(spec, paths),
         vsock_device: None,
@@ -159,9 +127,9 @@ pub fn kernel_boot(
     kernel: &Path,
     lease: Option<&crate::netmgr::Lease>,
 ) -> Result<(Option<PathBuf>, Option<String>), Error> {
-    check_file("boot.kernel", kernel).map_err(image_error)?;
+    check_file("boot.kernel", kernel)?;
     if let Some(i) = &spec.boot.initrd {
-        check_file("boot.initrd", i).map_err(image_error)?;
+        check_file("boot.initrd", i)?;
     }
     let cmdline = match (lease.filter(|_| spec.cloud_init.is_none()), spec.boot.cmdline.clone()) {
         (Some(l), c) => {
@@ -329,6 +297,12 @@ pub trait Backend: Send + Sync + 'static {
     fn version(&self) -> String {
         String::new()
     }
+    /// Whether the control channel ends with `Closed` after the last
+    /// events of an exit (QMP does; CH's event file has no such end), so
+    /// the exit waits for them before it is judged.
+    fn drains_events_after_exit(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -381,3 +355,6 @@ pub(crate) mod tests_support {
         assert_eq!(text, want, "output differs from {path:?}; if intended, refresh with PADDOCK_UPDATE_GOLDEN=1");
     }
 }
+
+pub mod cloud_hypervisor;
+pub mod qemu;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::spec::VmSpec;
-use crate::vm::phase::VmPhase;
+use crate::state::phase::VmPhase;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmInfo {
@@ -34,7 +34,7 @@ pub struct VmInfo {
     pub network: Option<NetworkInfo>,
     /// The guest's vsock while it runs (see `Runtime::vsock_connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<crate::vsock::VsockInfo>,
+    pub vsock: Option<crate::state::vsock_info::VsockInfo>,
     #[schema(value_type = String)]
     pub console_log: PathBuf,
     /// CPU time and memory (now, peak, cap) from the VM's cgroup while it

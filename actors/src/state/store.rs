@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::events::Event;
 use crate::spec::VmSpec;
-use crate::vm::phase::VmPhase;
+use crate::state::phase::VmPhase;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -81,7 +81,7 @@ pub struct RunRecord {
     /// Field 22 of /proc/PID/stat, in clock ticks since boot.
     pub start_time: u64,
     pub boot_id: String,
-    pub paths: crate::backend::RunPaths,
+    pub paths: crate::state::run_paths::RunPaths,
 }
 
 /// A row change that travels with its event (`write_with_event`).
@@ -163,6 +163,10 @@ impl Store {
                  ts_ms INTEGER NOT NULL,
                  vm TEXT NOT NULL,
                  body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS restart_streaks (
+                 vm TEXT PRIMARY KEY,
+                 streak TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS meta (
                  key TEXT PRIMARY KEY,
@@ -255,11 +259,45 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM runs WHERE vm = ?1", params![name])?;
             tx.execute("DELETE FROM identities WHERE vm = ?1", params![name])?;
+            tx.execute("DELETE FROM restart_streaks WHERE vm = ?1", params![name])?;
             tx.execute("DELETE FROM vms WHERE name = ?1", params![name])?;
             tx.commit()?;
             Ok(())
         })
         .await
+    }
+
+    /// The VM's crash streak, kept so a daemon restart does not forgive
+    /// a crash loop.
+    pub async fn save_streak(&self, name: &str, streak: &crate::state::streak::Streak) -> Result<(), StoreError> {
+        let (name, body) = (name.to_string(), serde_json::to_string(streak)?);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO restart_streaks (vm, streak) VALUES (?1, ?2) ON CONFLICT(vm) DO UPDATE SET streak = ?2",
+                params![name, body],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The saved streak; none saved is an empty one.
+    pub async fn load_streak(&self, name: &str) -> Result<crate::state::streak::Streak, StoreError> {
+        let name = name.to_string();
+        let body: Option<String> = self
+            .with(move |c| {
+                let mut stmt = c.prepare("SELECT streak FROM restart_streaks WHERE vm = ?1")?;
+                let mut rows = stmt.query(params![name])?;
+                Ok(match rows.next()? {
+                    Some(r) => Some(r.get(0)?),
+                    None => None,
+                })
+            })
+            .await?;
+        Ok(match body {
+            Some(b) => serde_json::from_str(&b)?,
+            None => Default::default(),
+        })
     }
 
     pub async fn load_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
@@ -304,7 +342,7 @@ impl Store {
         .await
     }
 
-    pub async fn end_run(&self, id: i64, exit: &crate::vm::phase::ExitInfo) -> Result<(), StoreError> {
+    pub async fn end_run(&self, id: i64, exit: &crate::state::phase::ExitInfo) -> Result<(), StoreError> {
         let exit = serde_json::to_string(exit)?;
         self.with(move |c| {
             c.execute("UPDATE runs SET ended_ms = ?2, exit = ?3 WHERE id = ?1", params![id, now_ms(), exit])?;
@@ -630,6 +668,21 @@ mod tests {
         assert!(!s.load_vms().await.unwrap()[0].provisional);
         s.delete_vm("a").await.unwrap();
         assert!(s.load_vms().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_restart_streak_is_kept_and_goes_with_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        s.insert_vm(&spec("a"), &VmPhase::Defined).await.unwrap();
+        assert_eq!(s.load_streak("a").await.unwrap(), Default::default());
+        let streak = crate::state::streak::Streak { count: 2, recent: vec![1, 2] };
+        s.save_streak("a", &streak).await.unwrap();
+        drop(s);
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(s.load_streak("a").await.unwrap(), streak);
+        s.delete_vm("a").await.unwrap();
+        assert_eq!(s.load_streak("a").await.unwrap(), Default::default());
     }
 
     #[tokio::test]
