@@ -203,7 +203,9 @@ impl Snapshots {
     /// written.
     pub fn begin(&self, name: &str) -> Result<Partial, SnapshotError> {
         validate_name(name)?;
-        crate::private_dir::ensure_private_dir(&self.root).map_err(io(name, format!("cannot create {:?}", self.root)))?;
+        // 0711: a confined hypervisor passes through to the directory it
+        // writes (Cloud Hypervisor's own files) but lists nothing here.
+        traversable_dir(&self.root).map_err(io(name, format!("cannot create {:?}", self.root)))?;
         if self.dir(name).exists() {
             return Err(SnapshotError::Exists { name: name.to_string() });
         }
@@ -213,9 +215,17 @@ impl Snapshots {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(SnapshotError::Exists { name: name.to_string() }),
             Err(e) => return Err(io(name, format!("cannot create {dir:?}"))(e)),
         }
-        std::fs::create_dir(dir.join(DISKS)).map_err(io(name, "cannot create disks/"))?;
+        traversable_dir(&dir).map_err(io(name, format!("cannot set the mode of {dir:?}")))?;
+        crate::private_dir::ensure_private_dir(&dir.join(DISKS)).map_err(io(name, "cannot create disks/"))?;
         Ok(Partial { name: name.to_string(), dir, root: self.root.clone(), done: false })
     }
+}
+
+/// A directory made (if missing) with mode 0711.
+fn traversable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
 }
 
 /// A snapshot being written; dropped before `commit`, it is deleted.
@@ -234,7 +244,8 @@ impl Partial {
     /// The file the hypervisor writes its state into.
     pub fn memory_file(&self) -> Result<File, SnapshotError> {
         let path = self.dir.join(MEMORY);
-        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io(&self.name, format!("cannot create {path:?}")))
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(io(&self.name, format!("cannot create {path:?}")))
     }
 
     /// The directory a hypervisor writes its own snapshot files into.

@@ -582,6 +582,11 @@ impl VmState {
         }
         self.backend.before_spawn(&spec, &self.paths)?;
         let jail = self.confine(&spec, &mut plan).await?;
+        if let (Some(j), Some(i)) = (&jail, &incoming) {
+            // The snapshot's own hypervisor files (Cloud Hypervisor reads
+            // them) go to this VM's identity.
+            crate::confine::files::give_tree(&i.state.dir, &j.identity).map_err(|e| Error::StartFailed { name: self.name.clone(), reason: error_chain(&e) })?;
+        }
         steps.lap("argv+run_dir");
         self.apply(me, Event::Launching).await.map_err(|r| self.refused(r))?;
         steps.lap("starting_durable");

@@ -74,6 +74,9 @@ impl VmState {
         let snapshots = Snapshots::new(&self.deps.state_dir);
         let partial = snapshots.begin(&snapshot)?;
         let memory = SavedState { memory: partial.memory_file()?, dir: partial.hypervisor_dir()? };
+        // A confined hypervisor writes its own files (Cloud Hypervisor) as
+        // the VM's identity: the owner of its run directory.
+        give_to_run_dir_owner(&memory.dir, &self.paths.dir).map_err(|e| Error::io(format!("cannot give {:?} to the VM's identity", memory.dir), e))?;
         let was_running = self.core.phase == VmPhase::Running;
         if was_running {
             // A daemon killed before the resume resumes the VM at its next start.
@@ -194,6 +197,17 @@ impl VmState {
         .map_err(|e| Error::Unavailable(format!("restore worker: {e}")))??;
         Ok(Some(Incoming { state: SavedState { memory, dir: hypervisor_dir }, source: info.vm, ready: info.ready, snapshot }))
     }
+}
+
+/// Chowns `dir` to the owner of `run_dir` when that is not root (the VM
+/// runs confined).
+fn give_to_run_dir_owner(dir: &std::path::Path, run_dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(run_dir)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
 }
 
 /// Why a snapshot cannot restore into `spec` on this host, if it cannot:
