@@ -17,7 +17,7 @@ scripts/build-guest-service.sh >/dev/null
 scripts/build-debian-guest.sh >/dev/null
 cargo build --workspace --all-targets --all-features --locked
 # The fake Cloud Hypervisor for this run, whatever the environment says.
-env -u CLOUD_HYPERVISOR_BIN cargo test --workspace --all-features --locked -- --nocapture 2>&1
+env -u CLOUD_HYPERVISOR_BIN cargo test --workspace --all-features --locked --no-fail-fast -- --nocapture 2>&1
 
 ch=../shared/bin/cloud-hypervisor
 if [ -x "$ch" ]; then
