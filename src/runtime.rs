@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use paddock_actors::cloud_hypervisor::CloudHypervisorBackend;
 use paddock_actors::qemu::QemuBackend;
-use paddock_actors::vm::VmMessage;
+use paddock_actors::vm::VmRequest;
 use paddock_actors::volumes::VolumeInfo;
 use paddock_actors::vsock::{VsockError, VsockStream};
 use paddock_actors::{
@@ -200,22 +200,22 @@ impl Runtime {
     }
 
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
-        self.route(name, start_budget(wait, timeout), |reply| VmMessage::Start { wait, rollback: false, reply }).await
+        self.route(name, start_budget(wait, timeout), |reply| VmRequest::Start { wait, rollback: false, reply }).await
     }
 
     /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.
     pub async fn stop(&self, name: &str, graceful: Duration) -> Result<StopOutcome> {
         // Saturating: an embedder may pass Duration::MAX for "no limit".
         let budget = graceful.saturating_add(paddock_actors::vm::RUNG_WAIT * 3 + MARGIN);
-        self.route(name, budget, |reply| VmMessage::Stop { graceful, reply }).await
+        self.route(name, budget, |reply| VmRequest::Stop { graceful, reply }).await
     }
 
     pub async fn pause(&self, name: &str) -> Result<VmInfo> {
-        self.route(name, QUICK, |reply| VmMessage::Pause { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Pause { reply }).await
     }
 
     pub async fn resume(&self, name: &str) -> Result<VmInfo> {
-        self.route(name, QUICK, |reply| VmMessage::Resume { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Resume { reply }).await
     }
 
     /// Deletes the VM and everything it owned except its data disk;
@@ -227,7 +227,7 @@ impl Runtime {
     /// As `remove`; with `volumes` the data disk is deleted too.
     pub async fn remove_with(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
         let budget = paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
-        self.route(name, budget, |reply| VmMessage::Remove { force, volumes, reply }).await
+        self.route(name, budget, |reply| VmRequest::Remove { force, volumes, reply }).await
     }
 
     /// The image cache (`STATE_DIR/images`).
@@ -277,11 +277,11 @@ impl Runtime {
     }
 
     pub async fn console_follow(&self, name: &str) -> Result<ConsoleFollow> {
-        self.route(name, QUICK, |reply| VmMessage::Follow { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Follow { reply }).await
     }
 
     pub async fn console_attach(&self, name: &str) -> Result<ConsoleAttach> {
-        self.route(name, QUICK, |reply| VmMessage::Attach { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Attach { reply }).await
     }
 
     /// Live events from now on.
@@ -317,7 +317,7 @@ impl Runtime {
         &self,
         name: &str,
         timeout: Duration,
-        make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+        make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmRequest,
     ) -> Result<T> {
         let (tx, rx) = ractor::concurrency::oneshot();
         self.registry
