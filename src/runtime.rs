@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use paddock_actors::cloud_hypervisor::CloudHypervisorBackend;
 use paddock_actors::qemu::QemuBackend;
-use paddock_actors::vm::VmMessage;
+use paddock_actors::vm::VmRequest;
 use paddock_actors::volumes::VolumeInfo;
 use paddock_actors::vsock::{VsockError, VsockStream};
 use paddock_actors::{
@@ -191,14 +191,14 @@ impl Runtime {
         let snapshots = Snapshots::new(&config.state_dir);
         snapshots.remove_partial();
         for vm in snapshots.take_resume_marks() {
-            let resumed = route_to(&registry, &vm, QUICK, |reply| VmMessage::Resume { reply }).await;
+            let resumed = route_to(&registry, &vm, QUICK, |reply| VmRequest::Resume { reply }).await;
             tracing::info!(vm = %vm, ok = resumed.is_ok(), "resumed a VM paused by an interrupted snapshot");
         }
         // VMs suspended by `shutdown --suspend-vms` start from their
         // snapshots (the VM actor takes the mark).
         for vm in snapshots.suspended() {
             let wait = WaitFor::Running;
-            match route_to(&registry, &vm, start_budget(wait, QUICK), |reply| VmMessage::Start { wait, rollback: false, reply }).await {
+            match route_to(&registry, &vm, start_budget(wait, QUICK), |reply| VmRequest::Start { wait, rollback: false, reply }).await {
                 Ok(_) => tracing::info!(vm = %vm, "resumed from its suspend snapshot"),
                 Err(e) => tracing::warn!(vm = %vm, error = %e, "cannot start a suspended VM"),
             }
@@ -295,22 +295,22 @@ impl Runtime {
     }
 
     pub async fn start_vm(&self, name: &str, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
-        self.route(name, start_budget(wait, timeout), |reply| VmMessage::Start { wait, rollback: false, reply }).await
+        self.route(name, start_budget(wait, timeout), |reply| VmRequest::Start { wait, rollback: false, reply }).await
     }
 
     /// Runs the shutdown ladder; `graceful` bounds the ACPI rung.
     pub async fn stop(&self, name: &str, graceful: Duration) -> Result<StopOutcome> {
         // Saturating: an embedder may pass Duration::MAX for "no limit".
         let budget = graceful.saturating_add(paddock_actors::vm::RUNG_WAIT * 3 + MARGIN);
-        self.route(name, budget, |reply| VmMessage::Stop { graceful, reply }).await
+        self.route(name, budget, |reply| VmRequest::Stop { graceful, reply }).await
     }
 
     pub async fn pause(&self, name: &str) -> Result<VmInfo> {
-        self.route(name, QUICK, |reply| VmMessage::Pause { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Pause { reply }).await
     }
 
     pub async fn resume(&self, name: &str) -> Result<VmInfo> {
-        self.route(name, QUICK, |reply| VmMessage::Resume { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Resume { reply }).await
     }
 
     /// Deletes the VM and everything it owned except its data disk;
@@ -322,7 +322,7 @@ impl Runtime {
     /// As `remove`; with `volumes` the data disk is deleted too.
     pub async fn remove_with(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
         let budget = paddock_actors::vm::RUNG_WAIT * 3 + MARGIN;
-        self.route(name, budget, |reply| VmMessage::Remove { force, volumes, reply }).await
+        self.route(name, budget, |reply| VmRequest::Remove { force, volumes, reply }).await
     }
 
     /// Pauses VM `name`, saves its state and disks as snapshot `snapshot`
@@ -331,7 +331,7 @@ impl Runtime {
         paddock_actors::snapshot::validate_name(snapshot)?;
         let snapshot = snapshot.to_string();
         let budget = paddock_actors::control::STATE_TIMEOUT + self.config.control_timeout + MARGIN;
-        self.route(name, budget, |reply| VmMessage::Snapshot { snapshot, then, reply }).await
+        self.route(name, budget, |reply| VmRequest::Snapshot { snapshot, then, reply }).await
     }
 
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
@@ -540,11 +540,11 @@ impl Runtime {
     }
 
     pub async fn console_follow(&self, name: &str) -> Result<ConsoleFollow> {
-        self.route(name, QUICK, |reply| VmMessage::Follow { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Follow { reply }).await
     }
 
     pub async fn console_attach(&self, name: &str) -> Result<ConsoleAttach> {
-        self.route(name, QUICK, |reply| VmMessage::Attach { reply }).await
+        self.route(name, QUICK, |reply| VmRequest::Attach { reply }).await
     }
 
     /// Live events from now on.
@@ -581,7 +581,7 @@ impl Runtime {
         &self,
         name: &str,
         timeout: Duration,
-        make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+        make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmRequest,
     ) -> Result<T> {
         route_to(&self.registry, name, timeout, make).await
     }
@@ -591,7 +591,7 @@ async fn route_to<T: Send + 'static>(
     registry: &ActorRef<RegistryMessage>,
     name: &str,
     timeout: Duration,
-    make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmMessage,
+    make: impl FnOnce(RpcReplyPort<Result<T>>) -> VmRequest,
 ) -> Result<T> {
     let (tx, rx) = ractor::concurrency::oneshot();
     registry.cast(RegistryMessage::Route { name: name.to_string(), msg: make(tx.into()) }).map_err(|_| gone())?;

@@ -33,7 +33,7 @@ use crate::bounds::ConsoleLogLimits;
 use crate::console_log::{read_tail, LogTail};
 use crate::file_watch::FileWatch;
 use crate::ring::Ring;
-use crate::vm::VmMessage;
+use crate::vm::{VmMessage, VmNotice};
 
 pub const RING_BYTES: usize = 256 * 1024;
 /// The longest the serial socket stays open after the writer's input ends,
@@ -234,7 +234,7 @@ impl ConsoleState {
                 let line = String::from_utf8_lossy(&self.partial);
                 if pattern.is_match(line.trim_end_matches('\r')) {
                     self.ready_sent = true;
-                    let _ = self.vm.cast(VmMessage::ConsoleReady);
+                    let _ = self.vm.cast(VmNotice::ConsoleReady.into());
                     self.partial.clear();
                     return;
                 }

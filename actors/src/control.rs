@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
 use crate::backend::{Backend, ControlChannel, ControlError, GuestStatus, LaunchPlan, SavedState};
-use crate::vm::VmMessage;
+use crate::vm::{VmMessage, VmNotice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlCommand {
@@ -103,14 +103,14 @@ impl Actor for ControlActor {
     async fn handle(&self, _me: ActorRef<Self::Msg>, msg: ControlMessage, st: &mut ControlState) -> Result<(), ActorProcessingErr> {
         match msg {
             ControlMessage::Connected(Err(e)) => {
-                let _ = st.vm.cast(VmMessage::ControlFailed { error: e.to_string() });
+                let _ = st.vm.cast(VmNotice::ControlFailed { error: e.to_string() }.into());
             }
             ControlMessage::Connected(Ok(mut ch)) => {
                 if let Some(mut events) = ch.take_events() {
                     let vm = st.vm.clone();
                     st.forwarder = Some(tokio::spawn(async move {
                         while let Some(ev) = events.recv().await {
-                            if vm.cast(VmMessage::Control(ev)).is_err() {
+                            if vm.cast(VmNotice::Control(ev).into()).is_err() {
                                 break;
                             }
                         }
@@ -119,10 +119,10 @@ impl Actor for ControlActor {
                 match ch.status().await {
                     Ok(status) => {
                         st.channel = Some(ch);
-                        let _ = st.vm.cast(VmMessage::ControlUp { status });
+                        let _ = st.vm.cast(VmNotice::ControlUp { status }.into());
                     }
                     Err(e) => {
-                        let _ = st.vm.cast(VmMessage::ControlFailed { error: e.to_string() });
+                        let _ = st.vm.cast(VmNotice::ControlFailed { error: e.to_string() }.into());
                     }
                 }
             }

@@ -54,4 +54,4 @@ pub use registry::{Backends, RecoveryReport, RegistryActor, RegistryArgs, Regist
 pub use spec::VmSpec;
 pub use store::Store;
 pub use vm::phase::{ExitInfo, Rung, VmPhase};
-pub use vm::{StopOutcome, VmMessage, WaitFor};
+pub use vm::{StopOutcome, VmMessage, VmNotice, VmRequest, WaitFor};

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::spec::{NetworkMode, VmSpec};
-use crate::vm::VmMessage;
+use crate::vm::{VmMessage, VmNotice};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,7 +63,7 @@ pub fn spawn(vm: ActorRef<VmMessage>, vm_name: String, target: ProbeTarget, boot
             tries += 1;
             if answers(target).await {
                 tracing::info!(vm = %vm_name, addr = %target.addr, tries, "readiness probe answered");
-                let _ = vm.cast(VmMessage::ProbeReady { boot });
+                let _ = vm.cast(VmNotice::ProbeReady { boot }.into());
                 return;
             }
             tokio::time::sleep(INTERVAL).await;

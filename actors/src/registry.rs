@@ -19,7 +19,7 @@ use crate::spec::{BackendKind, VmSpec};
 use crate::store::{Desired, Store, VmRecord};
 use crate::vm::phase::VmPhase;
 use crate::recovery::{self, Orphan};
-use crate::vm::{Recovery, VmActor, VmArgs, VmDeps, VmMessage, WaitFor};
+use crate::vm::{Recovery, VmActor, VmArgs, VmDeps, VmMessage, VmRequest, WaitFor};
 
 /// The hypervisors this runtime can drive.
 #[derive(Clone, Default)]
@@ -46,7 +46,7 @@ pub enum RegistryMessage {
     /// Define a VM and start it (`up`).
     Create { spec: Box<VmSpec>, wait: WaitFor, reply: RpcReplyPort<Result<VmInfo>> },
     /// Forward a request to the VM called `name`.
-    Route { name: String, msg: VmMessage },
+    Route { name: String, msg: VmRequest },
     /// Sent by a VM actor that deleted its VM.
     Forget { name: String, id: ActorId },
     /// Answers when the registry's mailbox is being served (watchdog).
@@ -132,7 +132,7 @@ impl Actor for RegistryActor {
         match msg {
             RegistryMessage::Create { spec, wait, reply } => match st.create(&me, *spec).await {
                 Ok(vm) => {
-                    let _ = vm.cast(VmMessage::Start { wait, rollback: true, reply });
+                    let _ = vm.cast(VmRequest::Start { wait, rollback: true, reply }.into());
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -140,7 +140,7 @@ impl Actor for RegistryActor {
             },
             RegistryMessage::Route { name, msg } => match st.vms.get(&name) {
                 Some(vm) => {
-                    if let Err(ractor::MessagingErr::SendErr(msg)) = vm.cast(msg) {
+                    if let Err(ractor::MessagingErr::SendErr(msg)) = vm.cast(msg.into()) {
                         msg.reply_not_found(&name);
                     }
                 }

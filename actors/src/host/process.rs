@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 use crate::backend::LaunchPlan;
 use crate::vm::phase::ExitInfo;
-use crate::vm::VmMessage;
+use crate::vm::{VmMessage, VmNotice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -233,7 +233,7 @@ impl Actor for ProcessActor {
                         }
                     };
                     tracing::info!(pid, %exit, "hypervisor exited");
-                    let _ = vm.cast(VmMessage::ProcessExited { pid, exit });
+                    let _ = vm.cast(VmNotice::ProcessExited { pid, exit }.into());
                 });
                 (pid, pidfd, waiter)
             }
@@ -243,7 +243,7 @@ impl Actor for ProcessActor {
                 let waiter = tokio::spawn(async move {
                     let _ = watched.readable().await;
                     tracing::info!(pid, "adopted hypervisor exited");
-                    let _ = vm.cast(VmMessage::ProcessExited { pid, exit: ExitInfo { code: None, signal: None } });
+                    let _ = vm.cast(VmNotice::ProcessExited { pid, exit: ExitInfo { code: None, signal: None } }.into());
                 });
                 (pid, pidfd, waiter)
             }

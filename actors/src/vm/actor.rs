@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::core::{self, Core, Denied, Effect, Ending, Event, Policy, Record, StartFailure};
-use super::messages::{StopOutcome, VmMessage, WaitFor};
+use super::messages::{StopOutcome, VmMessage, VmNotice, VmRequest, WaitFor};
 use super::phase::{ExitInfo, Rung, VmPhase};
 use crate::backend::{Backend, ControlEvent, GuestStatus, LaunchPlan, RunPaths};
 use crate::board::{StatusBoard, VmInfo};
@@ -210,47 +210,51 @@ impl Actor for VmActor {
 
     async fn handle(&self, me: ActorRef<VmMessage>, msg: VmMessage, st: &mut VmState) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            VmMessage::Start { wait, rollback, reply } => st.on_start(&me, wait, rollback, reply).await,
-            VmMessage::RestartNow { token } => {
-                let _ = st.apply(&me, Event::RestartDue { token }).await;
-            }
-            VmMessage::Stop { graceful, reply } => st.on_stop(&me, graceful, reply).await,
-            VmMessage::Pause { reply } => st.on_pause(&me, true, reply).await,
-            VmMessage::Resume { reply } => st.on_pause(&me, false, reply).await,
-            VmMessage::PauseDone { result, pause, reply } => st.on_pause_done(&me, result, pause, reply).await,
-            VmMessage::Remove { force, volumes, reply } => st.on_remove(&me, force, volumes, reply).await,
-            VmMessage::Follow { reply } => st.on_follow(reply).await,
-            VmMessage::Attach { reply } => st.on_attach(reply),
-            VmMessage::Snapshot { snapshot, then, reply } => st.on_snapshot(&me, snapshot, then, reply),
-            VmMessage::SnapshotDone { result, then, reply } => st.on_snapshot_done(&me, result, then, reply).await,
-            VmMessage::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
-            VmMessage::ExitDrained { pid } => {
-                if let Some((p, exit)) = st.pending_exit.filter(|(p, _)| *p == pid) {
-                    st.finish_exit(&me, p, exit).await;
+            VmMessage::Request(r) => match r {
+                VmRequest::Start { wait, rollback, reply } => st.on_start(&me, wait, rollback, reply).await,
+                VmRequest::Stop { graceful, reply } => st.on_stop(&me, graceful, reply).await,
+                VmRequest::Pause { reply } => st.on_pause(&me, true, reply).await,
+                VmRequest::Resume { reply } => st.on_pause(&me, false, reply).await,
+                VmRequest::Remove { force, volumes, reply } => st.on_remove(&me, force, volumes, reply).await,
+                VmRequest::Follow { reply } => st.on_follow(reply).await,
+                VmRequest::Attach { reply } => st.on_attach(reply),
+                VmRequest::Snapshot { snapshot, then, reply } => st.on_snapshot(&me, snapshot, then, reply),
+            },
+            VmMessage::Notice(n) => match n {
+                VmNotice::RestartNow { token } => {
+                    let _ = st.apply(&me, Event::RestartDue { token }).await;
                 }
-            }
-            VmMessage::ControlUp { status } => st.on_control_up(&me, status).await,
-            VmMessage::ControlFailed { error } => {
-                tracing::warn!(vm = %st.name, pid = ?st.run.as_ref().map(|r| r.pid), %error, "control channel failed");
-                let _ = st.apply(&me, Event::ControlFailed { error }).await;
-                st.finish_recovery();
-            }
-            VmMessage::ReconnectControl => {
-                let _ = st.apply(&me, Event::ReconnectDue).await;
-            }
-            VmMessage::Control(ev) => st.on_control_event(&me, ev).await,
-            VmMessage::ConsoleReady => st.on_console_ready().await,
-            VmMessage::ProbeReady { boot } => st.on_probe_ready(boot).await,
-            VmMessage::LadderTimeout { attempt, rung, deadline_ms } => {
-                if st.apply(&me, Event::RungTimeout { attempt, rung, deadline_ms }).await.is_ok() {
-                    tracing::info!(vm = %st.name, rung = rung.as_str(), "rung timed out");
+                VmNotice::PauseDone { result, pause, reply } => st.on_pause_done(&me, result, pause, reply).await,
+                VmNotice::SnapshotDone { result, then, reply } => st.on_snapshot_done(&me, result, then, reply).await,
+                VmNotice::ProcessExited { pid, exit } => st.on_exit(&me, pid, exit).await,
+                VmNotice::ExitDrained { pid } => {
+                    if let Some((p, exit)) = st.pending_exit.filter(|(p, _)| *p == pid) {
+                        st.finish_exit(&me, p, exit).await;
+                    }
                 }
-            }
-            VmMessage::LadderActionFailed { attempt, rung, error } => {
-                if st.apply(&me, Event::RungFailed { attempt, rung }).await.is_ok() {
-                    tracing::info!(vm = %st.name, rung = rung.as_str(), %error, "rung failed");
+                VmNotice::ControlUp { status } => st.on_control_up(&me, status).await,
+                VmNotice::ControlFailed { error } => {
+                    tracing::warn!(vm = %st.name, pid = ?st.run.as_ref().map(|r| r.pid), %error, "control channel failed");
+                    let _ = st.apply(&me, Event::ControlFailed { error }).await;
+                    st.finish_recovery();
                 }
-            }
+                VmNotice::ReconnectControl => {
+                    let _ = st.apply(&me, Event::ReconnectDue).await;
+                }
+                VmNotice::Control(ev) => st.on_control_event(&me, ev).await,
+                VmNotice::ConsoleReady => st.on_console_ready().await,
+                VmNotice::ProbeReady { boot } => st.on_probe_ready(boot).await,
+                VmNotice::LadderTimeout { attempt, rung, deadline_ms } => {
+                    if st.apply(&me, Event::RungTimeout { attempt, rung, deadline_ms }).await.is_ok() {
+                        tracing::info!(vm = %st.name, rung = rung.as_str(), "rung timed out");
+                    }
+                }
+                VmNotice::LadderActionFailed { attempt, rung, error } => {
+                    if st.apply(&me, Event::RungFailed { attempt, rung }).await.is_ok() {
+                        tracing::info!(vm = %st.name, rung = rung.as_str(), %error, "rung failed");
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -452,7 +456,7 @@ impl VmState {
             }
             Effect::Connect { delay_ms } => {
                 tracing::info!(vm = %self.name, delay_ms, "control channel: reconnecting after a delay");
-                me.send_after(Duration::from_millis(delay_ms), || VmMessage::ReconnectControl);
+                me.send_after(Duration::from_millis(delay_ms), || VmNotice::ReconnectControl.into());
             }
             Effect::Kill => {
                 if let Some(run) = &self.run {
@@ -485,7 +489,7 @@ impl VmState {
                 tracing::info!(vm = %self.name, attempt, delay_ms, "restart scheduled");
                 let kind = EventKind::RestartScheduled { attempt, delay_ms, bound_ms };
                 self.deps.events.publish(&self.name, kind, self.generation, None).await;
-                me.send_after(Duration::from_millis(delay_ms), move || VmMessage::RestartNow { token });
+                me.send_after(Duration::from_millis(delay_ms), move || VmNotice::RestartNow { token }.into());
             }
             Effect::Crashed { note } => {
                 let pid = self.run.as_ref().map(|r| r.pid);
@@ -902,7 +906,7 @@ impl VmState {
         let Some(run) = self.run.as_ref().filter(|r| r.pid == pid) else { return };
         if self.backend.drains_events_after_exit() && self.core.is_ready_to_control() && !run.control_closed {
             self.pending_exit = Some((pid, exit));
-            me.send_after(EXIT_DRAIN, move || VmMessage::ExitDrained { pid });
+            me.send_after(EXIT_DRAIN, move || VmNotice::ExitDrained { pid }.into());
             return;
         }
         self.finish_exit(me, pid, exit).await;
@@ -1076,7 +1080,7 @@ impl VmState {
                 let timeout = self.deps.control_timeout;
                 tokio::spawn(async move {
                     if let Err(error) = control_call(control, cmd, timeout).await {
-                        let _ = me2.cast(VmMessage::LadderActionFailed { attempt, rung, error });
+                        let _ = me2.cast(VmNotice::LadderActionFailed { attempt, rung, error }.into());
                     }
                 });
             }
@@ -1102,7 +1106,7 @@ impl VmState {
         tokio::spawn(async move {
             let cmd = if pause { ControlCommand::Pause } else { ControlCommand::Resume };
             let result = control_call(control, cmd, timeout).await;
-            let _ = me.cast(VmMessage::PauseDone { result, pause, reply });
+            let _ = me.cast(VmNotice::PauseDone { result, pause, reply }.into());
         });
     }
 
@@ -1372,7 +1376,7 @@ fn may_restart_child(history: &mut VecDeque<Instant>, now: Instant) -> bool {
 /// Arms the timer of a rung: `LadderTimeout` at `deadline_ms` (wall clock).
 fn arm_rung_timer(me: &ActorRef<VmMessage>, attempt: u64, rung: Rung, deadline_ms: u64) {
     let wait = Duration::from_millis(deadline_ms.saturating_sub(crate::store::now_ms()));
-    me.send_after(wait, move || VmMessage::LadderTimeout { attempt, rung, deadline_ms });
+    me.send_after(wait, move || VmNotice::LadderTimeout { attempt, rung, deadline_ms }.into());
 }
 
 fn record_words(r: &Record) -> &'static str {

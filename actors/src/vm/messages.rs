@@ -1,5 +1,6 @@
-//! What a VM actor understands. Requests carry their reply port; internal
-//! notices come from the VM's own children and timers.
+//! What a VM actor understands: requests (`VmRequest`, each with its
+//! reply port) and internal notices (`VmNotice`, from the VM's own
+//! children and timers), wrapped by one actor message, `VmMessage`.
 
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
@@ -33,8 +34,27 @@ pub struct StopOutcome {
     pub elapsed_ms: u64,
 }
 
+/// What a VM actor is sent: a request (from the Registry, i.e. the API)
+/// or a notice (from its own children and timers).
 pub enum VmMessage {
-    // ---- requests (valid phases in brackets) ----
+    Request(VmRequest),
+    Notice(VmNotice),
+}
+
+impl From<VmRequest> for VmMessage {
+    fn from(r: VmRequest) -> Self {
+        VmMessage::Request(r)
+    }
+}
+
+impl From<VmNotice> for VmMessage {
+    fn from(n: VmNotice) -> Self {
+        VmMessage::Notice(n)
+    }
+}
+
+/// Requests, each with its reply port (valid phases in brackets).
+pub enum VmRequest {
     /// [defined, stopped, crashed, failed] Boot the VM. `rollback` deletes
     /// the VM entirely if this first start fails (used by `up`).
     Start { wait: WaitFor, rollback: bool, reply: RpcReplyPort<Result<VmInfo>> },
@@ -56,8 +76,11 @@ pub enum VmMessage {
     /// [running, paused] Save the VM's state and disks as snapshot
     /// `snapshot`, then resume or stop it.
     Snapshot { snapshot: String, then: AfterSnapshot, reply: RpcReplyPort<Result<SnapshotInfo>> },
+}
 
-    // ---- notices from children and timers ----
+/// Notices from the VM's children (process, control, console, probe) and
+/// its own timers.
+pub enum VmNotice {
     ProcessExited { pid: i32, exit: ExitInfo },
     /// The wait for the control channel after an exit ran out.
     ExitDrained { pid: i32 },
@@ -84,27 +107,35 @@ pub enum VmMessage {
 impl VmMessage {
     /// Answers a request whose VM does not exist (used by the Registry).
     pub fn reply_not_found(self, name: &str) {
+        if let VmMessage::Request(r) = self {
+            r.reply_not_found(name);
+        }
+    }
+}
+
+impl VmRequest {
+    /// Answers this request with "no VM named ...".
+    pub fn reply_not_found(self, name: &str) {
         let nf = || Error::NotFound { name: name.to_string() };
         match self {
-            VmMessage::Start { reply, .. } | VmMessage::Pause { reply } | VmMessage::Resume { reply } => {
+            VmRequest::Start { reply, .. } | VmRequest::Pause { reply } | VmRequest::Resume { reply } => {
                 let _ = reply.send(Err(nf()));
             }
-            VmMessage::Stop { reply, .. } => {
+            VmRequest::Stop { reply, .. } => {
                 let _ = reply.send(Err(nf()));
             }
-            VmMessage::Remove { reply, .. } => {
+            VmRequest::Remove { reply, .. } => {
                 let _ = reply.send(Err(nf()));
             }
-            VmMessage::Follow { reply } => {
+            VmRequest::Follow { reply } => {
                 let _ = reply.send(Err(nf()));
             }
-            VmMessage::Attach { reply } => {
+            VmRequest::Attach { reply } => {
                 let _ = reply.send(Err(nf()));
             }
-            VmMessage::Snapshot { reply, .. } => {
+            VmRequest::Snapshot { reply, .. } => {
                 let _ = reply.send(Err(nf()));
             }
-            _ => {}
         }
     }
 }

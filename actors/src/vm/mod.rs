@@ -10,4 +10,4 @@ pub mod restart;
 pub use crate::state::phase;
 
 pub use actor::{Recovery, VmActor, VmArgs, VmDeps, RUNG_WAIT};
-pub use messages::{StopOutcome, VmMessage, WaitFor};
+pub use messages::{StopOutcome, VmMessage, VmNotice, VmRequest, WaitFor};

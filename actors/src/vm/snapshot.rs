@@ -40,7 +40,7 @@ impl VmState {
                 let me = me.clone();
                 tokio::spawn(async move {
                     let result = task.await;
-                    let _ = me.cast(VmMessage::SnapshotDone { result, then, reply });
+                    let _ = me.cast(super::VmNotice::SnapshotDone { result, then, reply }.into());
                 });
             }
             Err(e) => {
@@ -247,7 +247,7 @@ impl VmState {
     pub(super) async fn on_restoring(&mut self, me: &ActorRef<VmMessage>, ready: bool, snapshot: String) {
         self.deps.events.publish(&self.name, EventKind::Restored { snapshot }, self.generation, None).await;
         if ready {
-            let _ = me.cast(VmMessage::ConsoleReady);
+            let _ = me.cast(super::VmNotice::ConsoleReady.into());
         }
     }
 }
