@@ -65,7 +65,7 @@ impl Limits {
             }
         }
         if let Some(c) = self.cpu_max {
-            if !(c.is_finite() && c >= 0.01 && c <= 1024.0) {
+            if !(c.is_finite() && (0.01..=1024.0).contains(&c)) {
                 return Err(SpecError::new("limits.cpu_max", format!("must be a number of CPUs between 0.01 and 1024 (got {c}), e.g. 1.5")));
             }
         }

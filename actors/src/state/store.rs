@@ -85,6 +85,8 @@ pub struct RunRecord {
 }
 
 /// A row change that travels with its event (`write_with_event`).
+// Built once per write and moved straight into it: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RowChange {
     /// An `up`'s new, provisional VM row (desired `running`).

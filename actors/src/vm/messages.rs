@@ -36,6 +36,8 @@ pub struct StopOutcome {
 
 /// What a VM actor is sent: a request (from the Registry, i.e. the API)
 /// or a notice (from its own children and timers).
+// A message is moved once, into the actor's mailbox: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum VmMessage {
     Request(VmRequest),
     Notice(VmNotice),
@@ -80,6 +82,7 @@ pub enum VmRequest {
 
 /// Notices from the VM's children (process, control, console, probe) and
 /// its own timers.
+#[allow(clippy::large_enum_variant)]
 pub enum VmNotice {
     ProcessExited { pid: i32, exit: ExitInfo },
     /// The wait for the control channel after an exit ran out.
