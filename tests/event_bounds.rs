@@ -70,10 +70,14 @@ fn four_replays_of_a_million_events_keep_the_daemon_small() {
     println!("a million events written in {:?}", t.elapsed());
     let pid = d.child.as_ref().expect("daemon").id();
     let before = rss_kib(pid);
+    // Each reader says when it is done (also when it fails: the sender drops).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let client = d.client.clone();
+            let done = done_tx.clone();
             std::thread::spawn(move || {
+                let _done = done;
                 block_on(async move {
                     let mut body = client.events(0, false).await.expect("events");
                     let (mut lines, mut last, mut partial) = (0u64, 0u64, Vec::new());
@@ -98,9 +102,14 @@ fn four_replays_of_a_million_events_keep_the_daemon_small() {
     // Sample the daemon's resident set while the readers run.
     let t = Instant::now();
     let mut peak = before;
-    while !readers.iter().all(|r| r.is_finished()) {
+    drop(done_tx);
+    // One sample every 10 ms until every reader is done (all senders gone).
+    loop {
         peak = peak.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(10));
+        match done_rx.recv_timeout(Duration::from_millis(10)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
     let took = t.elapsed();
     for r in readers {
