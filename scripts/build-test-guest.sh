@@ -31,6 +31,7 @@ optional_modules=(
     virtio_console nls_utf8
     pvpanic pvpanic_pci pvpanic_mmio
     vmw_vsock_virtio_transport
+    efivarfs
 )
 
 log() { printf 'build-test-guest: %s\n' "$*" >&2; }

@@ -19,6 +19,8 @@ packages=(
     e2fsprogs        # mkfs.ext4 -d: the Debian guest's root filesystem without a loop mount
     openssh-client   # ssh, ssh-keygen: the real-guest tests log in to the Debian guest
     python3-venv     # the API fuzzer's venv (scripts/install-fuzzer.sh: schemathesis)
+    ovmf             # UEFI firmware of firmware = "uefi" (found through /usr/share/qemu/firmware)
+    fdisk            # sfdisk: the GPT of the UEFI test disk (scripts/build-uefi-guest.sh)
 )
 
 find_missing() {

@@ -27,6 +27,9 @@ pub enum ControlMessage {
     /// Pause the guest and save its whole state into the file (a
     /// snapshot); the guest stays paused.
     SaveState(SavedState, RpcReplyPort<Result<(), String>>),
+    /// Where the hypervisor's display server listens, if it reports one
+    /// (a TCP VNC port it picked itself).
+    DisplayAddress(RpcReplyPort<Result<Option<String>, String>>),
 }
 
 /// The longest a save or load of a VM's state may take.
@@ -137,6 +140,13 @@ impl Actor for ControlActor {
                         ControlCommand::Status => ch.status().await.map(Some),
                     }
                     .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            ControlMessage::DisplayAddress(reply) => {
+                let r = match st.channel.as_mut() {
+                    None => Err("control channel is not connected".to_string()),
+                    Some(ch) => ch.display_address().await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(r);
             }

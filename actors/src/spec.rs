@@ -48,6 +48,13 @@ pub struct VmSpec {
     #[serde(default)]
     #[builder(default)]
     pub accel: Accel,
+    /// The guest's firmware: `bios` (QEMU's SeaBIOS, or `boot.firmware`),
+    /// or `uefi`: OVMF from Debian's ovmf package with the VM's own UEFI
+    /// variable store, kept across restarts and removed with the VM
+    /// (QEMU only; see `crate::host::uefi`).
+    #[serde(default, skip_serializing_if = "Firmware::is_bios")]
+    #[builder(default)]
+    pub firmware: Firmware,
     /// A regular expression; the VM is "ready" once a console line of the
     /// current boot matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +87,8 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_disk: Option<ServiceDiskSpec>,
     /// A graphical console: `"vnc"` serves the guest's screen on the Unix
-    /// socket `RUN_DIR/NAME/vnc.sock` (QEMU only; see `crate::display`).
+    /// socket `RUN_DIR/NAME/vnc.sock`, `"vnc-tcp"` on 127.0.0.1 at a free
+    /// port (QEMU only; see `crate::display`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<Display>,
     /// How `paddock ssh` logs in, and a key Paddock makes for it.
@@ -423,6 +431,11 @@ pub struct Boot {
     /// booting; a snapshot that does not fit the host boots cold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// OVMF and the VM's variable store of `firmware = "uefi"`, found when
+    /// its disks are made; never part of a spec anyone writes.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub efi: Option<crate::host::uefi::EfiFlash>,
 }
 
 impl Boot {
@@ -550,12 +563,32 @@ impl SshSpec {
     }
 }
 
+/// The firmware a QEMU guest boots with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// QEMU's SeaBIOS (or `boot.firmware`); a kernel boots directly.
+    #[default]
+    Bios,
+    /// OVMF with a per-VM variable store.
+    Uefi,
+}
+
+impl Firmware {
+    pub fn is_bios(&self) -> bool {
+        *self == Firmware::Bios
+    }
+}
+
 /// A graphical display of the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Display {
     /// QEMU's VNC server on a Unix socket in the VM's run directory.
     Vnc,
+    /// QEMU's VNC server on 127.0.0.1, at a free port it picks (shown in
+    /// `addresses` as `vnc tcp:127.0.0.1:PORT`).
+    VncTcp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -795,6 +828,14 @@ impl VmSpec {
         }
         if self.display.is_some() && self.backend != BackendKind::Qemu {
             return Err(SpecError::new("display", "Cloud Hypervisor has no display; remove display or use backend = \"qemu\""));
+        }
+        if self.firmware == Firmware::Uefi {
+            if self.backend != BackendKind::Qemu {
+                return Err(SpecError::new("firmware", "Cloud Hypervisor keeps no UEFI variable store; use backend = \"qemu\", or boot.firmware = CLOUDHV.fd for a UEFI boot without one"));
+            }
+            if self.boot.firmware.is_some() {
+                return Err(SpecError::new("boot.firmware", "firmware = \"uefi\" boots Debian's OVMF; remove boot.firmware, or firmware = \"uefi\" to boot your own"));
+            }
         }
         let root_disk = self.boot.disk.is_some() || self.boot.image.is_some();
         match (&self.boot.kernel, root_disk) {

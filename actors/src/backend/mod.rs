@@ -252,6 +252,11 @@ pub trait ControlChannel: Send {
     async fn resume(&mut self) -> Result<(), ControlError>;
     /// The event stream; taken once by the Control actor.
     fn take_events(&mut self) -> Option<mpsc::Receiver<ControlEvent>>;
+    /// The display server's TCP address as the hypervisor bound it
+    /// (`vnc tcp:127.0.0.1:5901`), or None without one.
+    async fn display_address(&mut self) -> Result<Option<String>, ControlError> {
+        Ok(None)
+    }
     /// Pauses the guest and writes its whole state (a snapshot); the guest
     /// stays paused. `timeout` bounds the whole save.
     async fn save_state(&mut self, _state: &SavedState, _timeout: std::time::Duration) -> Result<(), ControlError> {

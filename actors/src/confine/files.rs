@@ -74,6 +74,10 @@ fn inputs(spec: &VmSpec) -> Vec<Input> {
     shared("boot.kernel", &spec.boot.kernel);
     shared("boot.initrd", &spec.boot.initrd);
     shared("boot.firmware", &spec.boot.firmware);
+    if let Some(flash) = &spec.boot.efi {
+        shared("firmware", &Some(flash.code.clone()));
+        v.push(Input { field: "firmware".into(), path: flash.vars.clone(), disk: true, readonly: false });
+    }
     if let Some(path) = &spec.boot.disk {
         v.push(Input { field: "boot.disk".into(), path: path.clone(), disk: true, readonly: false });
     }

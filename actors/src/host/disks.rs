@@ -60,6 +60,10 @@ pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Erro
         }
     }
     let mut s = spec.clone();
+    if spec.firmware == crate::spec::Firmware::Uefi {
+        let ovmf = crate::host::uefi::find()?;
+        s.boot.efi = Some(crate::host::uefi::EfiFlash { code: ovmf.code, vars: ovmf.vars_template });
+    }
     if let Some(base) = base_image(spec, images)? {
         s.boot.disk = Some(base);
         s.boot.image = None;
@@ -72,11 +76,15 @@ pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Erro
 /// plain disks. Blocking file work: call from `spawn_blocking`.
 pub fn materialize(spec: &VmSpec, dir: &Path, images: &ImageCache, network: Option<paddock_images::NetworkConfig>) -> Result<VmSpec, Error> {
     let mut out = spec.clone();
-    let needs_dir = spec.boot.image.is_some() || spec.data_disk.is_some() || spec.cloud_init.is_some() || spec.service_disk.is_some();
+    let uefi = spec.firmware == crate::spec::Firmware::Uefi;
+    let needs_dir = uefi || spec.boot.image.is_some() || spec.data_disk.is_some() || spec.cloud_init.is_some() || spec.service_disk.is_some();
     if !needs_dir {
         return Ok(out);
     }
     crate::private_dir::ensure_private_dir(dir).map_err(|e| Error::io(format!("cannot create {dir:?}"), e))?;
+    if uefi {
+        out.boot.efi = Some(crate::host::uefi::ensure_vars(&crate::host::uefi::find()?, dir)?);
+    }
     if let Some(base) = base_image(spec, images)? {
         let overlay = dir.join(OVERLAY);
         // The overlay is the VM's root disk: made once, kept across runs.

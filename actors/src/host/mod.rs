@@ -6,5 +6,6 @@ mod disk_error;
 pub mod disks;
 pub mod netmgr;
 pub mod process;
+pub mod uefi;
 
 pub use disk_error::DiskError;

@@ -786,6 +786,23 @@ impl VmState {
         }
     }
 
+    /// Asks the hypervisor where its display server listens (a port it
+    /// picked) and shows it in `addresses`, replacing the last run's.
+    async fn learn_display_address(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(control) = run.control.clone() else { return };
+        let answer = control.call(ControlMessage::DisplayAddress, Some(Duration::from_secs(10))).await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(Ok(Some(address)))) => {
+                run.plan.guest_address.retain(|a| !a.starts_with("vnc "));
+                run.plan.guest_address.push(address);
+            }
+            Ok(ractor::rpc::CallResult::Success(Ok(None))) => tracing::warn!(vm = %self.name, "the hypervisor reports no display server"),
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => tracing::warn!(vm = %self.name, error = %e, "cannot ask where the display listens"),
+            _ => tracing::warn!(vm = %self.name, "the display address was not answered in time"),
+        }
+    }
+
     async fn on_control_up(&mut self, me: &ActorRef<VmMessage>, status: GuestStatus) {
         let Some(run) = self.run.as_ref() else { return };
         let pid = run.pid;
@@ -793,6 +810,9 @@ impl VmState {
             self.spawn_console(me).await;
         }
         self.start_probe(me);
+        if crate::display::reported_by_hypervisor(&self.spec) {
+            self.learn_display_address().await;
+        }
         if self.core.phase == VmPhase::Starting {
             crash_point!("start.before-running");
         }

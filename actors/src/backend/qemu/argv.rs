@@ -41,6 +41,8 @@ pub struct QemuConfig {
     pub paths: RunPaths,
     pub on_panic: OnPanic,
     pub display: Option<crate::spec::Display>,
+    /// OVMF's code and the VM's variable store (`firmware = "uefi"`).
+    pub efi: Option<crate::host::uefi::EfiFlash>,
 }
 
 /// QEMU's own action on a guest panic (`-action panic=`), so the VM is
@@ -108,6 +110,11 @@ pub fn build(cfg: &QemuConfig) -> Vec<OsString> {
         ),
     );
     push("-serial", "chardev:serial0".into());
+    if let Some(flash) = &cfg.efi {
+        for (k, v) in crate::host::uefi::qemu_args(flash, opt_path) {
+            push(k, v);
+        }
+    }
     match &cfg.boot {
         QemuBoot::Kernel { kernel, initrd, cmdline } => {
             push("-kernel", kernel.to_string_lossy().into_owned());
@@ -202,6 +209,7 @@ mod tests {
             net: QemuNet::None,
             vsock: None,
             display: None,
+            efi: None,
             paths: RunPaths::new(Path::new("/run/paddock"), "web"),
             on_panic: OnPanic::Restart,
         }
@@ -212,6 +220,16 @@ mod tests {
         let mut c = base();
         c.display = Some(crate::spec::Display::Vnc);
         golden("qemu-vnc.argv", &build(&c));
+    }
+
+    /// UEFI: OVMF's code read-only, the VM's own store read-write, both
+    /// before the boot disk.
+    #[test]
+    fn uefi_disk_golden() {
+        let mut c = base();
+        c.boot = QemuBoot::Disk { disk: "/state/vms/web/root.qcow2".into(), format: DiskFormat::Qcow2, firmware: None };
+        c.efi = Some(crate::host::uefi::EfiFlash { code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(), vars: "/state/vms/web,1/efi-vars.fd".into() });
+        golden("qemu-uefi.argv", &build(&c));
     }
 
     #[test]

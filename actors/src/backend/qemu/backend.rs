@@ -117,6 +117,11 @@ impl Backend for QemuBackend {
             }
             (None, None) => return Err(SpecError::new("boot", "set boot.kernel or boot.disk").into()),
         };
+        let efi = match (spec.firmware, &spec.boot.efi) {
+            (crate::spec::Firmware::Bios, _) => None,
+            (crate::spec::Firmware::Uefi, Some(flash)) => Some(flash.clone()),
+            (crate::spec::Firmware::Uefi, None) => return Err(SpecError::new("firmware", "OVMF is found when the VM's disks are made; this start skipped that").into()),
+        };
         let disks = check_disks(spec)?;
         let net = match (spec.network.mode, lease) {
             (NetworkMode::None, _) => QemuNet::None,
@@ -138,6 +143,7 @@ impl Backend for QemuBackend {
             paths: paths.clone(),
             on_panic: spec.on_panic,
             display: spec.display,
+            efi,
         };
         let mut guest_address = crate::backend::reach(spec, lease);
         guest_address.extend(crate::display::address(spec, paths));
@@ -207,6 +213,11 @@ impl ControlChannel for QmpControl {
 
     async fn power_button(&mut self) -> Result<(), ControlError> {
         self.client.execute("system_powerdown", None).await.map(drop)
+    }
+
+    async fn display_address(&mut self) -> Result<Option<String>, ControlError> {
+        let v = self.client.execute("query-vnc", None).await?;
+        Ok(crate::display::tcp_address(&v))
     }
 
     async fn quit(&mut self) -> Result<(), ControlError> {
