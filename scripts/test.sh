@@ -11,6 +11,7 @@ scripts/install-deps.sh
 scripts/install-vsock-device.sh
 scripts/install-fuzzer.sh
 scripts/build-test-guest.sh >/dev/null
+scripts/build-uefi-guest.sh >/dev/null
 scripts/build-guest-service.sh >/dev/null
 # The Debian 12 cloud guest of tests/real_guest.rs (cached; a few minutes
 # the first time).

@@ -11,7 +11,9 @@
 //! block without `private-key` gets a generated key.
 //!
 //! Paddock's own additions, for images without a bootloader: `kernel`,
-//! `initrd`, `cmdline`. `image-url` is refused: Paddock verifies every
+//! `initrd`, `cmdline`; `uefi` (bare, or `uefi #true`/`#false`: OVMF with
+//! the VM's own variable store, like vmctl's `--uefi`); `display "vnc"` or
+//! `display "vnc-tcp"` (see the spec's `display`). `image-url` is refused: Paddock verifies every
 //! download against a sha256, which a VMFile does not carry.
 
 use std::path::{Path, PathBuf};
@@ -72,8 +74,10 @@ fn vm(node: &KdlNode, dir: &Path) -> Result<ProjectVm, String> {
     let name = node.get(0).and_then(|v| v.as_string()).ok_or("a vm node needs a name: vm \"my-server\" { ... }")?.to_string();
     let empty = KdlDocument::new();
     let body = node.children().unwrap_or(&empty);
-    const KNOWN: [&str; 13] =
-        ["image", "image-url", "vcpus", "memory", "disk", "network", "cloud-init", "ssh", "provision", "kernel", "initrd", "cmdline", "ssh-port"];
+    const KNOWN: [&str; 15] = [
+        "image", "image-url", "vcpus", "memory", "disk", "network", "cloud-init", "ssh", "provision", "kernel", "initrd", "cmdline", "ssh-port", "uefi",
+        "display",
+    ];
     if let Some(n) = body.nodes().iter().find(|n| !KNOWN.contains(&n.name().value())) {
         return Err(format!("vm {name:?}: unknown node {:?}", n.name().value()));
     }
@@ -111,6 +115,21 @@ fn vm(node: &KdlNode, dir: &Path) -> Result<ProjectVm, String> {
         "boot": boot,
         "network": network,
     });
+    if let Some(node) = body.get("uefi") {
+        let on = match node.get(0) {
+            None => true,
+            Some(v) => v.as_bool().ok_or_else(|| format!("vm {name:?}: uefi: write uefi, uefi #true or uefi #false"))?,
+        };
+        if on {
+            spec["firmware"] = "uefi".into();
+        }
+    }
+    if let Some(node) = body.get("display") {
+        match node.get(0).and_then(|v| v.as_string()) {
+            Some(d @ ("vnc" | "vnc-tcp")) => spec["display"] = d.into(),
+            _ => return Err(format!("vm {name:?}: display: use display \"vnc\" (a Unix socket) or display \"vnc-tcp\" (127.0.0.1)")),
+        }
+    }
     let ssh_user = body.get("ssh").and_then(|n| n.children()).map(|d| string(d, "user").unwrap_or("vm").to_string());
     if let Some(ci) = body.get("cloud-init") {
         let ci = ci.children().unwrap_or(&empty);
@@ -173,6 +192,19 @@ fn vm(node: &KdlNode, dir: &Path) -> Result<ProjectVm, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uefi_and_display_nodes() {
+        let dir = Path::new("/p");
+        let p = parse("vm \"a\" {\n image \"x.qcow2\"\n uefi\n display \"vnc-tcp\"\n}\nvm \"b\" {\n image \"x.qcow2\"\n uefi #false\n}", dir).unwrap();
+        assert_eq!(p.vms[0].spec.firmware, paddock_actors::spec::Firmware::Uefi);
+        assert_eq!(p.vms[0].spec.display, Some(paddock_actors::spec::Display::VncTcp));
+        assert_eq!(p.vms[1].spec.firmware, paddock_actors::spec::Firmware::Bios);
+        let e = parse("vm \"a\" {\n image \"x.qcow2\"\n display \"sdl\"\n}", dir).unwrap_err();
+        assert!(e.contains("display"), "{e}");
+        let e = parse("vm \"a\" {\n image \"x.qcow2\"\n uefi \"yes\"\n}", dir).unwrap_err();
+        assert!(e.contains("uefi"), "{e}");
+    }
 
     const VMFILE_TEXT: &str = r#"
 vm "full-example" {

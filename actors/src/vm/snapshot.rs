@@ -19,9 +19,9 @@ use crate::events::EventKind;
 use crate::snapshot::{host_cpu, AfterSnapshot, SnapshotError, SnapshotInfo, Snapshots};
 use crate::spec::VmSpec;
 
-/// The VM's own disks a snapshot copies (the seed and service disk are
+/// The VM's own disks and UEFI variable store a snapshot copies (the seed and service disk are
 /// made again from the spec).
-const COPIED: &[&str] = &[crate::disks::OVERLAY, crate::disks::DATA_DISK];
+const COPIED: &[&str] = &[crate::disks::OVERLAY, crate::disks::DATA_DISK, crate::host::uefi::VARS_FILE];
 
 /// What a start from a snapshot needs once the process runs.
 pub(super) struct Incoming {
