@@ -132,3 +132,18 @@ async fn uefi_mistakes_are_refused_naming_the_field() {
     assert!(d.client.list().await.expect("ls").is_empty(), "a refused VM was left behind");
     assert!(!d.state_dir().join("vms/efi-ch").exists() && !d.state_dir().join("vms/efi-own").exists());
 }
+
+/// A kernel given directly also boots through OVMF (QEMU hands it over by
+/// fw_cfg) and sees UEFI with the VM's own store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_kernel_boots_under_uefi() {
+    let d = Daemon::start();
+    let mut spec = guest_spec("efi-kernel", "");
+    spec.firmware = paddock::spec::Firmware::Uefi;
+    spec.memory_mib = 256;
+    d.client.up(&spec, WaitFor::Ready, BOOT).await.expect("up");
+    token(&d, "efi-kernel", "created").await;
+    assert!(d.state_dir().join("vms/efi-kernel/efi-vars.fd").is_file());
+    d.client.remove("efi-kernel", true).await.expect("rm");
+    assert!(!d.state_dir().join("vms/efi-kernel").exists(), "the VM's state dir outlived it");
+}
