@@ -18,7 +18,7 @@ set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 script_path=$script_dir/$(basename "${BASH_SOURCE[0]}")
-out=${1:-${PADDOCK_UEFI_GUEST_DIR:-$HOME/.cache/paddock/uefi-guest}}
+out=${1:-${PADDOCK_UEFI_GUEST_DIR:-${HOME:-/root}/.cache/paddock/uefi-guest}}
 
 log() { printf 'build-uefi-guest: %s\n' "$*" >&2; }
 die() {
@@ -30,15 +30,27 @@ for tool in apt-get apt-cache dpkg-deb mkfs.vfat mcopy mmd sfdisk qemu-img flock
     command -v "$tool" >/dev/null || die "missing $tool: run scripts/install-deps.sh"
 done
 
+# Run as root, or via sudo when available (only apt-get update needs it).
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
 # The kernel and initramfs of the test guest (its own cache).
-{ read -r vmlinuz; read -r initramfs; } < <("$script_dir/build-test-guest.sh")
-[[ -f $vmlinuz && -f $initramfs ]] || die "the test guest build gave no kernel and initramfs"
+guest_paths=$("$script_dir/build-test-guest.sh") || die "scripts/build-test-guest.sh failed"
+{ read -r vmlinuz; read -r initramfs; } <<<"$guest_paths"
+[[ -f ${vmlinuz:-} && -f ${initramfs:-} ]] || die "the test guest build gave no kernel and initramfs"
 
 boot_version() { apt-cache policy systemd-boot-efi 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'; }
 boot_ver=$(boot_version)
 if [[ -z $boot_ver ]]; then
     log "apt-get update"
-    apt-get update -qq >&2
+    as_root apt-get update -qq >&2
     boot_ver=$(boot_version)
 fi
 [[ -n $boot_ver ]] || die "apt knows no systemd-boot-efi"

@@ -44,14 +44,19 @@ fn uefi_spec(name: &str) -> paddock::VmSpec {
     .expect("valid spec")
 }
 
-/// The token the guest printed after `marker` ("created" or "found").
-async fn token(d: &Daemon, vm: &str, marker: &str) -> String {
-    let needle = format!("{TOKEN}{marker} ");
-    let log = wait_console(&d.client, vm, READY_MARKER, Duration::from_secs(BOOT)).await;
-    let line = log.lines().rev().find(|l| l.contains(&needle)).unwrap_or_else(|| panic!("no {needle:?} on the console:\n{log}"));
-    let token = line.split(&needle).nth(1).expect("token").trim().to_string();
+/// The token of the guest's latest boot, which must say `marker`
+/// ("created" or "found"). Read from the console log file once the start
+/// has returned `ready` (so this boot's token line is in it); the log
+/// keeps earlier boots, so only the last token line counts.
+fn token(d: &Daemon, vm: &str, marker: &str) -> String {
+    let path = d.run_dir().join(vm).join("console.log");
+    let log = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let line = log.lines().rev().find(|l| l.contains(TOKEN)).unwrap_or_else(|| panic!("no {TOKEN:?} on the console:\n{log}"));
+    let rest = line.split(TOKEN).nth(1).expect("after the marker").trim();
+    let (kind, token) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+    assert_eq!(kind, marker, "this boot's token line: {line:?}");
     assert_eq!(token.len(), 36, "{line:?}");
-    token
+    token.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,8 +64,8 @@ async fn a_uefi_guest_boots_from_its_disk_and_keeps_its_variables() {
     let mut d = Daemon::start();
     let info = d.client.up(&uefi_spec("efi"), WaitFor::Ready, BOOT).await.expect("up");
     assert_eq!(info.spec.firmware, paddock::spec::Firmware::Uefi);
-    let first = token(&d, "efi", "created").await;
-    let log = wait_console(&d.client, "efi", READY_MARKER, Duration::from_secs(5)).await;
+    let first = token(&d, "efi", "created");
+    let log = std::fs::read_to_string(d.run_dir().join("efi/console.log")).expect("console log");
     // OVMF's boot manager found the loader on the disk, and the kernel
     // came up on UEFI: nothing was handed to QEMU but the disk.
     assert!(log.contains("BdsDxe: starting Boot"), "the firmware did not boot the disk:\n{log}");
@@ -70,7 +75,11 @@ async fn a_uefi_guest_boots_from_its_disk_and_keeps_its_variables() {
     let template = std::fs::read(OVMF_VARS_TEMPLATE).expect("OVMF's template (apt-get install ovmf)");
     let written = std::fs::read(&store).expect("the VM's variable store");
     assert_eq!(written.len(), template.len());
-    assert_ne!(written, template, "the guest's variable never reached the VM's store");
+    // The guest's variable is in the VM's store (its value is plain ASCII
+    // there), and the template never saw it.
+    let has = |bytes: &[u8]| bytes.windows(first.len()).any(|w| w == first.as_bytes());
+    assert!(has(&written), "the guest's variable never reached the VM's store");
+    assert!(!has(&template), "the guest wrote into OVMF's template");
 
     // A second VM of the same disk gets its own store: a new token,
     // booted while the first one restarts.
@@ -80,9 +89,9 @@ async fn a_uefi_guest_boots_from_its_disk_and_keeps_its_variables() {
     });
     d.client.stop("efi", 60).await.expect("stop");
     d.client.start("efi", WaitFor::Ready, BOOT).await.expect("start");
-    assert_eq!(token(&d, "efi", "found").await, first, "the variable store was not kept across stop/start");
+    assert_eq!(token(&d, "efi", "found"), first, "the variable store was not kept across stop/start");
     other.await.expect("join").expect("up efi2");
-    assert_ne!(token(&d, "efi2", "created").await, first, "two VMs share a variable store");
+    assert_ne!(token(&d, "efi2", "created"), first, "two VMs share a variable store");
 
     // A daemon killed and restarted re-adopts the VM; the store survives
     // that too, and the next boot still finds the token.
@@ -91,7 +100,7 @@ async fn a_uefi_guest_boots_from_its_disk_and_keeps_its_variables() {
     d.client.wait_ready(Duration::from_secs(30)).await.expect("daemon back");
     d.client.stop("efi", 60).await.expect("stop after re-adoption");
     d.client.start("efi", WaitFor::Ready, BOOT).await.expect("start after re-adoption");
-    assert_eq!(token(&d, "efi", "found").await, first, "the token was lost over a daemon restart");
+    assert_eq!(token(&d, "efi", "found"), first, "the token was lost over a daemon restart");
 
     // A snapshot carries the store: a clone restored from it (which runs
     // on from the saved memory) has the source's variables.
@@ -107,7 +116,7 @@ async fn a_uefi_guest_boots_from_its_disk_and_keeps_its_variables() {
     d.client.remove("efi", true).await.expect("rm");
     assert!(!store.exists(), "the variable store outlived its VM");
     d.client.up(&uefi_spec("efi"), WaitFor::Ready, BOOT).await.expect("up again");
-    let fresh = token(&d, "efi", "created").await;
+    let fresh = token(&d, "efi", "created");
     assert_ne!(fresh, first, "a new VM of the old name saw the old variables");
     for vm in ["efi", "efi2"] {
         d.client.remove(vm, true).await.expect("rm");
@@ -120,12 +129,12 @@ async fn uefi_mistakes_are_refused_naming_the_field() {
     let mut ch = uefi_spec("efi-ch");
     ch.backend = paddock::spec::BackendKind::CloudHypervisor;
     let e = d.client.up(&ch, WaitFor::Running, 30).await.expect_err("CH has no variable store");
-    assert!(e.to_string().contains("firmware"), "{e}");
+    assert!(e.to_string().contains("firmware: Cloud Hypervisor keeps no UEFI variable store"), "{e}");
 
     let mut own = uefi_spec("efi-own");
     own.boot.firmware = Some("/usr/share/OVMF/OVMF_CODE_4M.fd".into());
     let e = d.client.up(&own, WaitFor::Running, 30).await.expect_err("two firmwares");
-    assert!(e.to_string().contains("boot.firmware"), "{e}");
+    assert!(e.to_string().contains("boot.firmware: firmware = \"uefi\" boots Debian's OVMF"), "{e}");
 
     let bad: Result<paddock::VmSpec, _> = serde_json::from_value(serde_json::json!({"name": "x", "boot": {"kernel": "/k"}, "firmware": "efi"}));
     assert!(bad.is_err(), "an unknown firmware was accepted");
@@ -142,7 +151,7 @@ async fn a_direct_kernel_boots_under_uefi() {
     spec.firmware = paddock::spec::Firmware::Uefi;
     spec.memory_mib = 256;
     d.client.up(&spec, WaitFor::Ready, BOOT).await.expect("up");
-    token(&d, "efi-kernel", "created").await;
+    token(&d, "efi-kernel", "created");
     assert!(d.state_dir().join("vms/efi-kernel/efi-vars.fd").is_file());
     d.client.remove("efi-kernel", true).await.expect("rm");
     assert!(!d.state_dir().join("vms/efi-kernel").exists(), "the VM's state dir outlived it");

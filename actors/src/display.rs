@@ -18,8 +18,9 @@ pub fn vnc_socket(paths: &RunPaths) -> PathBuf {
 }
 
 /// The first and last VNC display numbers (port - 5900) QEMU may take for
-/// `vnc-tcp`: it binds the first free one.
-const TCP_DISPLAYS: (u32, u32) = (0, 4000);
+/// `vnc-tcp`: it binds the first free one of ports 5900-5999, VNC's own
+/// range, so it never takes a port a user may forward (8080).
+const TCP_DISPLAYS: (u32, u32) = (0, 99);
 
 /// The display's line in `addresses` (shown by `ps` and `inspect`) known
 /// before the launch; a TCP port is only known once QEMU answers.

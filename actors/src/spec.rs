@@ -834,7 +834,7 @@ impl VmSpec {
                 return Err(SpecError::new("firmware", "Cloud Hypervisor keeps no UEFI variable store; use backend = \"qemu\", or boot.firmware = CLOUDHV.fd for a UEFI boot without one"));
             }
             if self.boot.firmware.is_some() {
-                return Err(SpecError::new("boot.firmware", "firmware = \"uefi\" boots Debian's OVMF; remove boot.firmware, or firmware = \"uefi\" to boot your own"));
+                return Err(SpecError::new("boot.firmware", "firmware = \"uefi\" boots Debian's OVMF; remove boot.firmware, or set firmware = \"bios\" to boot your own"));
             }
         }
         let root_disk = self.boot.disk.is_some() || self.boot.image.is_some();

@@ -74,7 +74,7 @@ fn inputs(spec: &VmSpec) -> Vec<Input> {
     shared("boot.kernel", &spec.boot.kernel);
     shared("boot.initrd", &spec.boot.initrd);
     shared("boot.firmware", &spec.boot.firmware);
-    if let Some(flash) = &spec.boot.efi {
+    if let Some(flash) = spec.boot.efi.as_ref().filter(|_| spec.firmware == crate::spec::Firmware::Uefi) {
         shared("firmware", &Some(flash.code.clone()));
         v.push(Input { field: "firmware".into(), path: flash.vars.clone(), disk: true, readonly: false });
     }

@@ -62,7 +62,9 @@ pub fn for_validation(spec: &VmSpec, images: &ImageCache) -> Result<VmSpec, Erro
     let mut s = spec.clone();
     if spec.firmware == crate::spec::Firmware::Uefi {
         let ovmf = crate::host::uefi::find()?;
-        s.boot.efi = Some(crate::host::uefi::EfiFlash { code: ovmf.code, vars: ovmf.vars_template });
+        // The VM's store does not exist yet; a placeholder name stands in
+        // (this spec only goes to `prepare`, never to a launch).
+        s.boot.efi = Some(crate::host::uefi::EfiFlash { code: ovmf.code, vars: PathBuf::from(crate::host::uefi::VARS_FILE) });
     }
     if let Some(base) = base_image(spec, images)? {
         s.boot.disk = Some(base);

@@ -140,17 +140,27 @@ pub fn ensure_vars(ovmf: &Ovmf, dir: &Path) -> Result<EfiFlash, Error> {
             );
             return Err(SpecError::new("firmware", message).into());
         }
-        Err(_) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The directory belongs to the VM's uid: a name it planted
+            // (a symlink) must not redirect root's write, so the
+            // temporary file is made new, never followed.
             let tmp = dir.join(format!("{VARS_FILE}.tmp"));
             let copy = || -> std::io::Result<()> {
-                std::fs::copy(&ovmf.vars_template, &tmp)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
+                std::io::copy(&mut std::fs::File::open(&ovmf.vars_template)?, &mut out)?;
+                out.sync_all()?;
                 std::fs::rename(&tmp, &vars)?;
                 std::fs::File::open(dir)?.sync_all()
             };
             copy().map_err(|e| Error::io(format!("cannot make the UEFI variable store {vars:?}"), e))?;
             tracing::info!(store = %vars.display(), "UEFI variable store created");
         }
+        Err(e) => return Err(Error::io(format!("cannot read the UEFI variable store {vars:?}"), e)),
     }
     Ok(EfiFlash { code: ovmf.code.clone(), vars })
 }
@@ -216,6 +226,17 @@ mod tests {
         ensure_vars(&ovmf, dir.path()).unwrap();
         assert_eq!(std::fs::read(&flash.vars).unwrap(), written);
         assert!(!dir.path().join(format!("{VARS_FILE}.tmp")).exists());
+
+        // A temporary name planted as a symlink (the directory is the VM's
+        // uid's) is replaced, never written through.
+        let victim = fw.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::remove_file(&flash.vars).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!("{VARS_FILE}.tmp"))).unwrap();
+        ensure_vars(&ovmf, dir.path()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&flash.vars).unwrap(), vec![0u8; 128]);
+        std::fs::write(&flash.vars, &written).unwrap();
 
         // A store of another size than the template is refused, not overwritten.
         std::fs::write(&ovmf.vars_template, vec![0u8; 256]).unwrap();

@@ -791,7 +791,8 @@ impl VmState {
     async fn learn_display_address(&mut self) {
         let Some(run) = self.run.as_mut() else { return };
         let Some(control) = run.control.clone() else { return };
-        let answer = control.call(ControlMessage::DisplayAddress, Some(Duration::from_secs(10))).await;
+        // QMP's own deadline bounds the query; this covers the mailbox.
+        let answer = control.call(ControlMessage::DisplayAddress, Some(Duration::from_secs(5))).await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(Ok(Some(address)))) => {
                 run.plan.guest_address.retain(|a| !a.starts_with("vnc "));

@@ -188,8 +188,12 @@ impl VmState {
             crate::private_dir::ensure_private_dir(&vm_dir).map_err(io(format!("cannot create {vm_dir:?}")))?;
             // Every start from a snapshot begins from its disks: memory and
             // disks must agree.
+            // Each through a temporary name: a crash mid-copy leaves the
+            // old file or none, never a short one.
             for f in &disks {
-                std::fs::copy(dir.join(crate::snapshot::DISKS).join(f), vm_dir.join(f)).map_err(io(format!("cannot copy disk {f}")))?;
+                let tmp = vm_dir.join(format!("{f}.restoring"));
+                std::fs::copy(dir.join(crate::snapshot::DISKS).join(f), &tmp).map_err(io(format!("cannot copy disk {f}")))?;
+                std::fs::rename(&tmp, vm_dir.join(f)).map_err(io(format!("cannot put disk {f} in place")))?;
             }
             std::fs::File::open(dir.join(crate::snapshot::MEMORY)).map_err(io("cannot open its memory file".into()))
         })
@@ -236,6 +240,9 @@ pub fn mismatch(info: &SnapshotInfo, spec: &VmSpec, hypervisor: &str, cpu: &str)
         ("cloud_init", s.cloud_init.is_some() != spec.cloud_init.is_some()),
         ("service_disk", s.service_disk.is_some() != spec.service_disk.is_some()),
         ("on_panic", s.on_panic != spec.on_panic),
+        // Another device set: QEMU would refuse the saved state.
+        ("firmware", s.firmware != spec.firmware),
+        ("display", s.display != spec.display),
     ];
     differs.iter().find(|(_, d)| *d).map(|(field, _)| format!("{field} differs from the snapshotted VM's"))
 }
