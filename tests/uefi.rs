@@ -136,10 +136,18 @@ async fn uefi_mistakes_are_refused_naming_the_field() {
     let e = d.client.up(&own, WaitFor::Running, 30).await.expect_err("two firmwares");
     assert!(e.to_string().contains("boot.firmware: firmware = \"uefi\" boots Debian's OVMF"), "{e}");
 
+    // OVMF faults in too little memory: refused before anything boots.
+    let mut small = uefi_spec("efi-small");
+    small.memory_mib = 128;
+    let e = d.client.up(&small, WaitFor::Running, 30).await.expect_err("128 MiB");
+    assert!(e.to_string().contains("memory_mib: firmware = \"uefi\" needs at least"), "{e}");
+
     let bad: Result<paddock::VmSpec, _> = serde_json::from_value(serde_json::json!({"name": "x", "boot": {"kernel": "/k"}, "firmware": "efi"}));
     assert!(bad.is_err(), "an unknown firmware was accepted");
     assert!(d.client.list().await.expect("ls").is_empty(), "a refused VM was left behind");
-    assert!(!d.state_dir().join("vms/efi-ch").exists() && !d.state_dir().join("vms/efi-own").exists());
+    for vm in ["efi-ch", "efi-own", "efi-small"] {
+        assert!(!d.state_dir().join("vms").join(vm).exists(), "{vm} left a state dir");
+    }
 }
 
 /// A kernel given directly also boots through OVMF (QEMU hands it over by
