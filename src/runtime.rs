@@ -274,8 +274,9 @@ impl Runtime {
     /// A `boot.image` that is a host path is imported into the image cache
     /// first and the spec names it by its `sha256:` from then on.
     pub async fn up(&self, mut spec: VmSpec, wait: WaitFor, timeout: Duration) -> Result<VmInfo> {
+        // Before the clock starts: a bad spec is a 400 whatever the budget.
+        spec.validate()?;
         if let Some(path) = spec.boot.image.clone().filter(|i| paddock_actors::spec::is_image_path(i)) {
-            spec.validate()?;
             let img = self.import_image(path.into(), "boot.image").await?;
             spec.boot.image = Some(format!("sha256:{}", img.sha256));
         }

@@ -94,6 +94,8 @@ mod tests {
         assert_eq!(field::<StartQuery>("timeout_secs=18446744073709551615"), "timeout_secs");
         assert_eq!(field::<StartQuery>("timeout_secs=-1"), "timeout_secs");
         assert_eq!(field::<StartQuery>("timeout_secs=soon"), "timeout_secs");
+        // A start with no time at all would 504 before reading the spec.
+        assert_eq!(field::<StartQuery>("timeout_secs=0&wait=ready"), "timeout_secs");
         assert_eq!(field::<StartQuery>("wait=later"), "wait");
         assert_eq!(field::<StartQuery>("timout_secs=3"), "timout_secs");
         assert_eq!(field::<EventsQuery>("since=9223372036854775808"), "since");

@@ -37,6 +37,8 @@ pub struct RestoreQuery {
     /// The new VM's name; the snapshotted VM's by default.
     pub name: Option<String>,
     pub wait: Option<crate::WaitFor>,
+    /// How long the start may take (default 120); at least 1.
+    #[param(minimum = 1)]
     pub timeout_secs: Option<u64>,
 }
 

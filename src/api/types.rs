@@ -15,6 +15,8 @@ pub const DEFAULT_START_TIMEOUT_SECS: u64 = 120;
 #[serde(deny_unknown_fields)]
 pub struct StartQuery {
     pub wait: Option<WaitFor>,
+    /// How long the start may take (default 120); at least 1.
+    #[param(minimum = 1)]
     pub timeout_secs: Option<u64>,
 }
 
@@ -26,6 +28,10 @@ impl StartQuery {
 
 impl QueryRules for StartQuery {
     fn check(&self) -> Result<(), ApiError> {
+        // A zero budget would answer 504 before the spec was even read.
+        if self.timeout_secs == Some(0) {
+            return Err(ApiError::invalid_request("timeout_secs", "query parameter `timeout_secs` is 0; a start needs time: give 1 or more (default 120)"));
+        }
         check_timeout("timeout_secs", self.timeout_secs)
     }
 }
