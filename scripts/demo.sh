@@ -8,10 +8,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-deps.sh
 guest_dir=${PADDOCK_GUEST_DIR:-$HOME/.cache/paddock/test-guest}
 scripts/build-test-guest.sh "$guest_dir" >/dev/null
-cargo build --release --locked --bin paddock
-paddock=$PWD/target/release/paddock
+# PADDOCK_DEMO_BIN: run this binary instead of building a release one
+# (tests/demo.rs runs the main job with the test build; it also skips
+# installing completions and man pages).
+if [[ -n ${PADDOCK_DEMO_BIN:-} ]]; then
+    paddock=$PADDOCK_DEMO_BIN
+else
+    cargo build --release --locked --bin paddock
+    paddock=$PWD/target/release/paddock
+fi
 # Shell completions and man pages, generated from the CLI's own definitions.
-if [[ -w /usr/local/share ]]; then
+if [[ -z ${PADDOCK_DEMO_BIN:-} && -w /usr/local/share ]]; then
     mkdir -p /usr/local/share/bash-completion/completions /usr/local/share/zsh/site-functions /usr/local/share/fish/vendor_completions.d
     "$paddock" completions bash >/usr/local/share/bash-completion/completions/paddock
     "$paddock" completions zsh >/usr/local/share/zsh/site-functions/_paddock
@@ -20,6 +27,9 @@ if [[ -w /usr/local/share ]]; then
 fi
 
 work=$(mktemp -d /tmp/paddock-demo.XXXXXX)
+# The confined hypervisor (an unprivileged uid) passes through here to
+# its own directories; mktemp's 0700 would stop it (the daemon refuses).
+chmod 0711 "$work"
 export PADDOCK_SOCKET=$work/run/paddock.sock
 daemon_pid=
 cleanup() {
@@ -35,10 +45,16 @@ trap cleanup EXIT
 echo "== paddock serve (state in $work)"
 "$paddock" serve --state-dir "$work/state" --run-dir "$work/run" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 300); do
     [[ -S $PADDOCK_SOCKET ]] && break
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        echo "demo: the daemon exited:" >&2
+        cat "$work/daemon.log" >&2
+        exit 1
+    fi
     sleep 0.1
 done
+[[ -S $PADDOCK_SOCKET ]] || { echo "demo: the daemon did not listen within 30 s:" >&2; cat "$work/daemon.log" >&2; exit 1; }
 
 cat >"$work/demo.toml" <<SPEC
 name = "demo"
