@@ -222,3 +222,44 @@ fn console_reads_resume_from_a_byte_offset() {
         assert_eq!(c.console_from("nope", 0).await.expect_err("unknown").kind(), Some("not_found"));
     });
 }
+
+/// A scheduler that sees a VM gone (GET answers 404, or the listing lacks
+/// it) may reuse its name at once: the name is freed in the same step that
+/// takes the VM off the board. A second client removes the VM while the
+/// first polls (GET or the listing, seeded) and re-creates the name the
+/// moment it disappears.
+#[test]
+fn a_name_no_longer_listed_is_free_at_once() {
+    let d = Daemon::start_with(&["--qemu-binary", fake_qemu()], &[]);
+    let seed = rand_u32();
+    println!("seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(u64::from(seed));
+    block_on(async {
+        let c = &d.client;
+        for round in 0..20 {
+            c.up(&fake_spec(&d, "reuse"), WaitFor::Running, 30).await.expect("up");
+            let by_list = rng.bool();
+            let remover = tokio::spawn({
+                let c = c.clone();
+                async move { c.remove("reuse", true).await }
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let listed = match by_list {
+                    true => c.list().await.expect("ls").iter().any(|v| v.name == "reuse"),
+                    false => c.get("reuse").await.is_ok(),
+                };
+                if !listed {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "round {round}: the VM was never removed");
+                tokio::task::yield_now().await;
+            }
+            c.up(&fake_spec(&d, "reuse"), WaitFor::Running, 30)
+                .await
+                .unwrap_or_else(|e| panic!("round {round} (seed {seed}, by_list {by_list}): the name was not free once the VM was gone: {e}"));
+            remover.await.expect("join").expect("rm");
+            c.remove("reuse", true).await.expect("rm again");
+        }
+    });
+}

@@ -47,8 +47,9 @@ pub enum RegistryMessage {
     Create { spec: Box<VmSpec>, wait: WaitFor, reply: RpcReplyPort<Result<VmInfo>> },
     /// Forward a request to the VM called `name`.
     Route { name: String, msg: VmRequest },
-    /// Sent by a VM actor that deleted its VM.
-    Forget { name: String, id: ActorId },
+    /// Sent by a VM actor that deleted its VM; answered once the name is
+    /// free and the VM off the board.
+    Forget { name: String, id: ActorId, done: RpcReplyPort<()> },
     /// Answers when the registry's mailbox is being served (watchdog).
     Ping(RpcReplyPort<()>),
     /// Every data disk, kept or in use.
@@ -159,10 +160,18 @@ impl Actor for RegistryActor {
                 let exists = st.vms.contains_key(&name);
                 let _ = reply.send(crate::volumes::remove(&st.deps.state_dir, &name, exists));
             }
-            RegistryMessage::Forget { name, id } => {
-                if st.vms.get(&name).is_some_and(|v| v.get_id() == id) {
-                    st.vms.remove(&name);
+            RegistryMessage::Forget { name, id, done } => {
+                match st.vms.get(&name) {
+                    Some(vm) if vm.get_id() == id => {
+                        st.vms.remove(&name);
+                        st.deps.board.remove(&name);
+                    }
+                    // Already dropped (its actor failed): only its board entry is left.
+                    None => st.deps.board.remove(&name),
+                    // A new VM of that name: not ours to take off.
+                    Some(_) => {}
                 }
+                let _ = done.send(());
             }
         }
         Ok(())

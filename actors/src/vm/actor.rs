@@ -1260,11 +1260,19 @@ impl VmState {
     }
 
     async fn forget(&mut self, me: &ActorRef<VmMessage>) {
-        self.deps.board.remove(&self.name);
         self.deps.events.publish(&self.name, EventKind::Removed, self.generation + 1, None).await;
-        // Forget is queued at the Registry before any reply we send next,
-        // so a caller that retries the same name finds it free.
-        let _ = self.deps.registry.cast(RegistryMessage::Forget { name: self.name.clone(), id: me.get_id() });
+        // The Registry frees the name and takes the VM off the board in
+        // one step, answered before any reply we send next: whoever hears
+        // of the removal (or no longer sees the VM) finds the name free,
+        // and a new VM of that name is never taken off the board.
+        let (name, id) = (self.name.clone(), me.get_id());
+        match self.deps.registry.call(|done| RegistryMessage::Forget { name, id, done }, Some(Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(())) => {}
+            // Still queued there: it takes effect when the Registry gets to it.
+            Ok(ractor::rpc::CallResult::Timeout) => tracing::warn!(vm = %self.name, "the registry did not confirm the removal in time"),
+            // No Registry (shutting down): nothing can reuse the name.
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => self.deps.board.remove(&self.name),
+        }
         me.stop(Some("removed".into()));
     }
 
